@@ -1,0 +1,14 @@
+"""aigc_lib: the companion library of *Gold Mine or Bubble? Generative AI, Derived, Checked and Run*.
+
+One module per concept, each imported explicitly (``from aigc_lib import losses``):
+
+- ``runtime``     seeding, device, run profile (cpu/gpu), cache folder
+- ``checks``      argument checks that raise errors naming the argument
+- ``losses``      losses derived in the book, tested equal to ``torch.nn.functional``
+- ``gradcheck``   finite-difference gradient checks with a per-input report
+- ``checkpoint``  safetensors weights and training checkpoints
+- ``training``    ``fit``: the training loop, with history, clipping, NaN guard and resume
+- ``viz``         history plots and image grids
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,88 @@
+"""Argument checks shared by every public function of :mod:`aigc_lib`.
+
+Each check raises a :class:`TypeError` or :class:`ValueError` whose message names the argument
+and says what was expected, so that bad input fails at the call site and not deep inside torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def tensor(name: str, value: object, *, floating: bool = False, finite: bool = True,
+           ndim: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Return ``value`` if it is a tensor of the expected kind, else raise naming ``name``."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if value.ndim not in allowed:
+            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, "
+                             f"got shape {tuple(value.shape)}")
+    if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value
+
+
+def same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def in_unit_interval(name: str, value: torch.Tensor) -> None:
+    """Raise unless every entry of ``value`` lies in [0, 1] (probabilities, binary targets)."""
+    if bool(((value < 0) | (value > 1)).any()):
+        raise ValueError(f"{name} must lie in [0, 1], got values in "
+                         f"[{value.min().item():.4g}, {value.max().item():.4g}]")
+
+
+def positive(name: str, value: torch.Tensor) -> None:
+    """Raise unless every entry of ``value`` is > 0 (variances, scales)."""
+    if bool((value <= 0).any()):
+        raise ValueError(f"{name} must be > 0 everywhere, got minimum {value.min().item():.4g}")
+
+
+def probability_vector(name: str, p: torch.Tensor, atol: float = 1e-5) -> None:
+    """Raise unless the last dimension of ``p`` is a probability distribution."""
+    in_unit_interval(name, p)
+    sums = p.sum(-1)
+    if not torch.allclose(sums, torch.ones_like(sums), atol=atol):
+        raise ValueError(f"{name} must sum to 1 along its last dimension, got sums in "
+                         f"[{sums.min().item():.6g}, {sums.max().item():.6g}]")
+
+
+def reduction(value: str) -> str:
+    """Raise unless ``value`` is one of ``'mean'``, ``'sum'``, ``'none'``."""
+    if value not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
+    return value
+
+
+def positive_number(name: str, value: object, *, integer: bool = False,
+                    allow_zero: bool = False) -> float | int:
+    """Raise unless ``value`` is a (strictly, unless ``allow_zero``) positive number."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return value
+
+
+def apply_reduction(values: torch.Tensor, how: str) -> torch.Tensor:
+    """Reduce per-element losses: mean over all elements, sum, or none."""
+    if how == "mean":
+        return values.mean()
+    if how == "sum":
+        return values.sum()
+    return values

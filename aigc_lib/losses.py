@@ -1,0 +1,189 @@
+"""Loss functions, each derived in the book and tested equal to ``torch.nn.functional``.
+
+Chapter 1 (probability and losses) derives: binary cross-entropy from logits, the Gaussian and
+categorical negative log-likelihoods, entropy and KL divergence, and perplexity. Later chapters
+add the VAE, GAN and language-model losses here.
+
+Conventions: ``reduction`` is ``'mean'`` (over every element), ``'sum'`` or ``'none'``; losses are
+in nats (natural logarithms).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from aigc_lib import checks
+
+
+def bce_with_logits(logits: torch.Tensor, targets: torch.Tensor,
+                    reduction: str = "mean") -> torch.Tensor:
+    r"""Binary cross-entropy computed from logits, stable for any logit.
+
+    With :math:`\sigma(x) = 1/(1+e^{-x})` the loss of one element is
+    :math:`-[y\log\sigma(x) + (1-y)\log(1-\sigma(x))]`, which simplifies to
+
+    .. math:: \ell(x, y) = \max(x, 0) - x y + \log\left(1 + e^{-|x|}\right),
+
+    a form that never exponentiates a large positive number. Its gradient is
+    :math:`\partial\ell/\partial x = \sigma(x) - y` (chapter 1). Targets may be soft, in [0, 1].
+    """
+    checks.tensor("logits", logits, floating=True)
+    checks.tensor("targets", targets, floating=True)
+    checks.same_shape("logits", logits, "targets", targets)
+    checks.in_unit_interval("targets", targets)
+    checks.reduction(reduction)
+    losses = logits.clamp(min=0) - logits * targets + torch.log1p(torch.exp(-logits.abs()))
+    return checks.apply_reduction(losses, reduction)
+
+
+def naive_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor,
+                          reduction: str = "mean") -> torch.Tensor:
+    r"""The textbook formula :math:`-[y\log\sigma(x) + (1-y)\log(1-\sigma(x))]`, evaluated literally.
+
+    Kept only to show why losses take logits (chapter 1): in float32, :math:`\sigma(100)` rounds
+    to exactly 1, so :math:`\log(1-\sigma(100)) = -\infty` and the loss is ``inf`` (or ``nan``
+    when multiplied by a zero target). Use :func:`bce_with_logits` instead.
+    """
+    checks.tensor("logits", logits, floating=True)
+    checks.tensor("targets", targets, floating=True)
+    checks.same_shape("logits", logits, "targets", targets)
+    checks.in_unit_interval("targets", targets)
+    checks.reduction(reduction)
+    p = torch.sigmoid(logits)
+    losses = -(targets * torch.log(p) + (1 - targets) * torch.log(1 - p))
+    return checks.apply_reduction(losses, reduction)
+
+
+def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, var: torch.Tensor | float,
+                 reduction: str = "mean") -> torch.Tensor:
+    r"""Negative log-likelihood of ``target`` under :math:`\mathcal N(\text{mean}, \text{var})`:
+
+    .. math:: -\log \mathcal N(x;\mu,\sigma^2) = \tfrac12\left[\log(2\pi) + \log\sigma^2
+              + \frac{(x-\mu)^2}{\sigma^2}\right].
+
+    With a fixed :math:`\sigma^2` this is the squared error up to scale and a constant: MSE is
+    the Gaussian NLL (chapter 1). Equals ``F.gaussian_nll_loss(mean, target, var, full=True)``.
+    """
+    checks.tensor("target", target, floating=True)
+    checks.tensor("mean", mean, floating=True)
+    checks.same_shape("target", target, "mean", mean)
+    if not isinstance(var, torch.Tensor):
+        checks.positive_number("var", var)
+        var = torch.full_like(mean, float(var))
+    checks.tensor("var", var, floating=True)
+    checks.positive("var", var)
+    checks.reduction(reduction)
+    try:
+        var = var.expand_as(mean)
+    except RuntimeError as err:
+        raise ValueError(f"var of shape {tuple(var.shape)} cannot broadcast to mean's shape "
+                         f"{tuple(mean.shape)}") from err
+    losses = 0.5 * (math.log(2 * math.pi) + torch.log(var) + (target - mean) ** 2 / var)
+    return checks.apply_reduction(losses, reduction)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                  reduction: str = "mean") -> torch.Tensor:
+    r"""Categorical cross-entropy of class indices given unnormalised logits:
+
+    .. math:: \ell(z, y) = -\log \operatorname{softmax}(z)_y = \log\sum_j e^{z_j} - z_y,
+
+    computed with log-sum-exp. ``logits`` is ``(N, C)`` (or ``(N, T, C)`` for sequences),
+    ``targets`` holds integer classes of shape ``(N,)`` (or ``(N, T)``); positions equal to
+    ``ignore_index`` contribute nothing and are left out of the mean. Gradient:
+    :math:`\operatorname{softmax}(z) - \text{onehot}(y)` (chapter 1). Equals ``F.cross_entropy``.
+    """
+    checks.tensor("logits", logits, floating=True, ndim=(2, 3))
+    checks.tensor("targets", targets)
+    if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"targets must hold integer class indices, got dtype {targets.dtype}")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (logits without the "
+                         f"class dimension), got {tuple(targets.shape)}")
+    checks.reduction(reduction)
+    targets = targets.long()
+    keep = targets != ignore_index
+    classes = logits.shape[-1]
+    if bool(((targets[keep] < 0) | (targets[keep] >= classes)).any()):
+        raise ValueError(f"targets must be in [0, {classes}) or equal ignore_index={ignore_index}")
+    safe = torch.where(keep, targets, torch.zeros_like(targets))
+    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    losses = (torch.logsumexp(logits, dim=-1) - picked) * keep
+    if reduction == "mean":
+        return losses.sum() / keep.sum()
+    return checks.apply_reduction(losses, reduction)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    r"""Entropy :math:`H(p) = -\sum_i p_i \log p_i` of categorical distributions along the last
+    dimension (with :math:`0 \log 0 = 0`)."""
+    checks.tensor("p", p, floating=True)
+    checks.probability_vector("p", p)
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def kl_categorical(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    r"""KL divergence :math:`\mathrm{KL}(p\,\|\,q) = \sum_i p_i \log(p_i / q_i)` along the last
+    dimension. It is :math:`\ge 0`, zero iff :math:`p = q`, and
+    :math:`H(p, q) = H(p) + \mathrm{KL}(p\,\|\,q)` (chapter 1). Infinite where
+    :math:`q_i = 0 < p_i`."""
+    checks.tensor("p", p, floating=True)
+    checks.tensor("q", q, floating=True)
+    checks.same_shape("p", p, "q", q)
+    checks.probability_vector("p", p)
+    checks.probability_vector("q", q)
+    return (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum(-1)
+
+
+def cross_entropy_dist(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    r"""Cross-entropy :math:`H(p, q) = -\sum_i p_i \log q_i` between categorical distributions."""
+    checks.tensor("p", p, floating=True)
+    checks.tensor("q", q, floating=True)
+    checks.same_shape("p", p, "q", q)
+    checks.probability_vector("p", p)
+    checks.probability_vector("q", q)
+    return -torch.special.xlogy(p, q).sum(-1)
+
+
+def kl_diag_gaussians(mu_q: torch.Tensor, logvar_q: torch.Tensor,
+                      mu_p: torch.Tensor | None = None,
+                      logvar_p: torch.Tensor | None = None) -> torch.Tensor:
+    r"""KL divergence between diagonal Gaussians, summed over the last dimension:
+
+    .. math:: \mathrm{KL}(q\,\|\,p) = \tfrac12 \sum_j \left[\log\frac{\sigma_{p,j}^2}{\sigma_{q,j}^2}
+              + \frac{\sigma_{q,j}^2 + (\mu_{q,j}-\mu_{p,j})^2}{\sigma_{p,j}^2} - 1\right].
+
+    With ``mu_p`` and ``logvar_p`` left out, :math:`p = \mathcal N(0, I)` and this is the VAE's
+    :math:`\tfrac12\sum_j(\mu_j^2 + \sigma_j^2 - \log\sigma_j^2 - 1)`. Variances are passed as
+    log-variances, as encoders output them. Returns one value per leading index.
+    """
+    checks.tensor("mu_q", mu_q, floating=True)
+    checks.tensor("logvar_q", logvar_q, floating=True)
+    checks.same_shape("mu_q", mu_q, "logvar_q", logvar_q)
+    if (mu_p is None) != (logvar_p is None):
+        raise ValueError("mu_p and logvar_p must be given together (or both left out for N(0, I))")
+    if mu_p is None:
+        mu_p, logvar_p = torch.zeros_like(mu_q), torch.zeros_like(logvar_q)
+    checks.tensor("mu_p", mu_p, floating=True)
+    checks.tensor("logvar_p", logvar_p, floating=True)
+    checks.same_shape("mu_q", mu_q, "mu_p", mu_p)
+    checks.same_shape("mu_q", mu_q, "logvar_p", logvar_p)
+    terms = (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1)
+    return 0.5 * terms.sum(-1)
+
+
+def perplexity(mean_nll: torch.Tensor | float) -> torch.Tensor:
+    r"""Perplexity :math:`\exp(\bar\ell)` of a mean negative log-likelihood :math:`\bar\ell` in nats
+    per token: the size of a uniform distribution that would be as surprised (chapter 1)."""
+    if not isinstance(mean_nll, torch.Tensor):
+        if isinstance(mean_nll, bool) or not isinstance(mean_nll, (int, float)):
+            raise TypeError(f"mean_nll must be a number or tensor, got {type(mean_nll).__name__}")
+        mean_nll = torch.tensor(float(mean_nll))
+    checks.tensor("mean_nll", mean_nll, floating=True)
+    if bool((mean_nll < 0).any()):
+        raise ValueError(f"mean_nll must be >= 0 (a negative log-likelihood of discrete data), "
+                         f"got {mean_nll.min().item():.4g}")
+    return torch.exp(mean_nll)

@@ -1,0 +1,348 @@
+"""The training loop ``fit`` (chapter 2 walks through it part by part).
+
+One step is: take a batch, run ``loss_fn(model, *batch)`` (forward and loss, under bf16 autocast
+on CUDA), check the loss is finite, backpropagate, clip the gradient norm, take an optimizer step
+and a scheduler step. At each evaluation point (every epoch by default) ``fit`` measures the
+validation loss and any ``evaluate`` metrics, appends a record to the :class:`History`, and
+writes a checkpoint. Running ``fit`` again with the same checkpoint path resumes where the last
+run stopped, bit for bit: the data order and every random generator are part of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
+from tqdm.auto import tqdm
+
+from aigc_lib import checkpoint as ckpt
+from aigc_lib import checks
+from aigc_lib import runtime
+
+LossOutput = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+@dataclass
+class History:
+    """What ``fit`` measured.
+
+    ``step_losses`` holds the training loss of every step; ``records`` one dict per evaluation
+    point with ``step``, ``epoch`` (fractional), ``train_loss`` (mean since the last record), any
+    extra terms returned by the loss, ``val_loss``, ``evaluate`` metrics, ``lr``, ``grad_norm``
+    (mean pre-clipping norm, when clipping) and ``seconds`` (training time so far).
+    """
+    step_losses: list[float] = field(default_factory=list)
+    records: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def column(self, key: str) -> list[float]:
+        """Values of ``key`` over the records (``nan`` where a record lacks it)."""
+        return [r.get(key, math.nan) for r in self.records]
+
+    def last(self, key: str) -> float:
+        """The latest value of ``key``."""
+        if not self.records or key not in self.records[-1]:
+            raise KeyError(f"no {key!r} in the last record; keys: "
+                           f"{sorted(self.records[-1]) if self.records else []}")
+        return self.records[-1][key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step_losses": self.step_losses, "records": self.records, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        return cls(list(data["step_losses"]), [dict(r) for r in data["records"]], float(data["seconds"]))
+
+    def _repr_html_(self) -> str:
+        if not self.records:
+            return "<p>History: no records</p>"
+        keys = list(self.records[-1])
+        head = "".join(f"<th>{k}</th>" for k in keys)
+        rows = "".join("<tr>" + "".join(f"<td>{r.get(k, math.nan):.4g}</td>" for k in keys) + "</tr>"
+                       for r in self.records)
+        return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+class _Batches:
+    """Index-based batching over tensors (fast path) or any map-style ``Dataset``."""
+
+    def __init__(self, data: Any, name: str):
+        if isinstance(data, torch.Tensor):
+            data = (data,)
+        if isinstance(data, TensorDataset):
+            data = tuple(data.tensors)
+        if isinstance(data, (tuple, list)):
+            if not data or not all(isinstance(t, torch.Tensor) for t in data):
+                raise TypeError(f"{name} must be a Dataset, a tensor, or a tuple of tensors")
+            sizes = {len(t) for t in data}
+            if len(sizes) != 1:
+                raise ValueError(f"{name}: tensors must share their first dimension, got sizes "
+                                 f"{[len(t) for t in data]}")
+            self.tensors, self.dataset = tuple(data), None
+        elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+            self.tensors, self.dataset = None, data
+        else:
+            raise TypeError(f"{name} must be a Dataset with __len__, a tensor, or a tuple of "
+                            f"tensors, got {type(data).__name__}")
+        self.size = len(self.tensors[0]) if self.tensors is not None else len(self.dataset)
+        if self.size == 0:
+            raise ValueError(f"{name} is empty")
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.tensors is not None:
+            return tuple(t[index] for t in self.tensors)
+        batch = default_collate([self.dataset[int(i)] for i in index])
+        return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def _to(batch: Sequence[torch.Tensor], dev: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(dev, non_blocking=True) for t in batch)
+
+
+def _split_loss(output: LossOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    loss, extras = (output if isinstance(output, tuple) else (output, {}))
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        raise TypeError("loss_fn must return a scalar tensor, or (scalar tensor, dict of scalar "
+                        f"tensors); got {type(loss).__name__} "
+                        f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+    return loss, extras
+
+
+def _autocast(dev: torch.device, amp: bool | str):
+    if amp not in ("auto", True, False):
+        raise ValueError(f"amp must be 'auto', True or False, got {amp!r}")
+    if amp is True and dev.type != "cuda":
+        raise ValueError("amp=True needs a CUDA device (bf16 autocast); use amp='auto' or False")
+    use = dev.type == "cuda" and amp in ("auto", True) and torch.cuda.is_bf16_supported()
+    return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use else nullcontext
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, data: Any, loss_fn: Callable[..., LossOutput],
+                  batch_size: int = 256, device: torch.device | str | None = None,
+                  amp: bool | str = "auto") -> dict[str, float]:
+    """Mean of ``loss_fn`` (and of its extra terms) over ``data``, in eval mode, without gradients.
+
+    Batches are weighted by their size, so the result is the mean over examples.
+    """
+    batches = _Batches(data, "data")
+    checks.positive_number("batch_size", batch_size, integer=True)
+    dev = runtime.device(device) if device is not None else next(model.parameters()).device
+    autocast = _autocast(dev, amp)
+    was_training = model.training
+    model.eval()
+    totals: dict[str, torch.Tensor] = {}
+    for start in range(0, batches.size, batch_size):
+        index = torch.arange(start, min(start + batch_size, batches.size))
+        with autocast():
+            loss, extras = _split_loss(loss_fn(model, *_to(batches.take(index), dev)))
+        for key, value in {"loss": loss, **extras}.items():
+            totals[key] = totals.get(key, 0.0) + value.detach().float() * len(index)
+    model.train(was_training)
+    return {k: float(v) / batches.size for k, v in totals.items()}
+
+
+def _config(batches: _Batches, batch_size: int, total: int, shuffle: bool, drop_last: bool,
+            seed: int, eval_every: int) -> dict[str, Any]:
+    return {"train_size": batches.size, "batch_size": batch_size, "total_steps": total,
+            "shuffle": shuffle, "drop_last": drop_last, "seed": seed, "eval_every": eval_every}
+
+
+def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput],
+        optimizer: torch.optim.Optimizer, epochs: int | None = None, steps: int | None = None,
+        batch_size: int = 64, shuffle: bool = True, drop_last: bool = False, val: Any = None,
+        evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        eval_every: int | None = None, scheduler: Any = None, clip_grad_norm: float | None = None,
+        device: torch.device | str | None = None, amp: bool | str = "auto",
+        checkpoint: str | os.PathLike | None = None, resume: bool = True, seed: int = 0,
+        progress: bool = True, desc: str = "train") -> History:
+    r"""Train ``model`` by minimising ``loss_fn(model, *batch)`` with ``optimizer``.
+
+    Args:
+        train: a map-style ``Dataset``, a tensor, or a tuple of tensors sharing their first dim.
+        loss_fn: returns a scalar loss, or ``(loss, {name: scalar})`` to log extra terms.
+        epochs, steps: how long to train; give exactly one (``steps`` may span partial epochs).
+        val: optional validation data, scored with ``loss_fn`` at each evaluation point.
+        evaluate: optional ``evaluate(model) -> {metric: value}`` called at evaluation points.
+        eval_every: steps between evaluation points (default: one epoch); the last step always
+            is one. Checkpoints are written at evaluation points.
+        scheduler: stepped once per optimizer step (e.g. ``LambdaLR``).
+        clip_grad_norm: rescale gradients so that :math:`\|g\|_2 \le` this value.
+        amp: bf16 autocast on CUDA when ``'auto'`` or True; no effect on the CPU.
+        checkpoint: a ``.safetensors`` path. If it exists and ``resume``, training continues from
+            it (returning at once if it already finished); with ``resume=False`` an existing file
+            is an error rather than being overwritten.
+        seed: seeds the data order (the model's initialisation is the caller's business).
+    Returns:
+        the :class:`History`; the model is trained in place.
+    Raises:
+        FloatingPointError: when the loss becomes NaN or infinite, naming the step; the last
+            checkpoint is left intact.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate must be callable, got {type(evaluate).__name__}")
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs and steps")
+    checks.positive_number("batch_size", batch_size, integer=True)
+    checks.positive_number("seed", seed, integer=True, allow_zero=True)
+    if clip_grad_norm is not None:
+        checks.positive_number("clip_grad_norm", clip_grad_norm)
+    batches = _Batches(train, "train")
+    per_epoch = batches.size // batch_size if drop_last else math.ceil(batches.size / batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"batch_size={batch_size} exceeds the {batches.size} training examples "
+                         f"with drop_last=True: no full batch")
+    if epochs is not None:
+        total = per_epoch * checks.positive_number("epochs", epochs, integer=True)
+    else:
+        total = checks.positive_number("steps", steps, integer=True)
+    eval_every = per_epoch if eval_every is None else checks.positive_number(
+        "eval_every", eval_every, integer=True)
+    dev = runtime.device(device) if device is not None else runtime.device()
+    autocast = _autocast(dev, amp)
+    model.to(dev)
+    config = _config(batches, batch_size, total, shuffle, drop_last, seed, eval_every)
+
+    path = ckpt._path(checkpoint, "checkpoint") if checkpoint is not None else None
+    history, step = History(), 0
+    order_rng = torch.Generator().manual_seed(seed)
+    epoch_rng_state = order_rng.get_state()
+    if path is not None and path.exists():
+        if not resume:
+            raise FileExistsError(f"checkpoint {path} exists; pass resume=True to continue it, or "
+                                  f"delete it / choose another path to start afresh")
+        state = ckpt.load_state(path)
+        changed = {k: (state["config"].get(k), v) for k, v in config.items()
+                   if state["config"].get(k) != v}
+        if changed:
+            raise ValueError(f"checkpoint {path} was written by a different run; differing "
+                             f"settings (saved, now): {changed}. Use another checkpoint path.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        history, step = History.from_dict(state["history"]), state["step"]
+        epoch_rng_state = state["epoch_rng_state"]
+        ckpt.set_rng_state(state["rng"])
+        message = "training had finished; loaded" if step >= total else "resuming"
+        tqdm.write(f"fit: {message} {path.name} at step {step}/{total}")
+    if step >= total:
+        return history
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sync_every = 1 if dev.type == "cpu" else 25
+    pending: list[torch.Tensor] = []
+    sums: dict[str, torch.Tensor] = {}
+    grad_norms: list[torch.Tensor] = []
+    since_record = 0
+    started = time.perf_counter()
+
+    def flush() -> None:
+        if not pending:
+            return
+        values = ([float(pending[0])] if len(pending) == 1
+                  else torch.stack(pending).float().cpu().tolist())
+        first = step - len(values) + 1
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                kept = f"the last checkpoint ({path}) is kept" if path else "no checkpoint was set"
+                raise FloatingPointError(f"loss is {value} at step {first + offset} (epoch "
+                                         f"{(first + offset - 1) // per_epoch + 1}); training "
+                                         f"stopped and {kept}")
+        history.step_losses.extend(values)
+        pending.clear()
+
+    def record() -> None:
+        nonlocal since_record, started
+        flush()
+        row: dict[str, float] = {"step": step, "epoch": step / per_epoch}
+        row["train_loss"] = sum(history.step_losses[-since_record:]) / since_record
+        for key, value in sums.items():
+            row[key] = float(value) / since_record
+        if grad_norms:
+            row["grad_norm"] = float(torch.stack(grad_norms).mean())
+        if val is not None:
+            val_terms = evaluate_loss(model, val, loss_fn, batch_size=max(batch_size, 256),
+                                      device=dev, amp=amp)
+            row.update({f"val_{k}": v for k, v in val_terms.items()})
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad():
+                row.update({k: float(v) for k, v in evaluate(model).items()})
+            model.train()
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        history.seconds += time.perf_counter() - started
+        row["seconds"] = history.seconds
+        history.records.append(row)
+        sums.clear()
+        grad_norms.clear()
+        since_record = 0
+        started = time.perf_counter()
+
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, mininterval=0.5,
+               dynamic_ncols=True)
+    try:
+        while step < total:
+            position = step % per_epoch
+            order_rng.set_state(epoch_rng_state)
+            order = (torch.randperm(batches.size, generator=order_rng) if shuffle
+                     else torch.arange(batches.size))
+            for start in range(position * batch_size, per_epoch * batch_size, batch_size):
+                index = order[start:start + batch_size]
+                with autocast():
+                    loss, extras = _split_loss(loss_fn(model, *_to(batches.take(index), dev)))
+                step += 1
+                since_record += 1
+                pending.append(loss.detach())
+                if len(pending) >= sync_every:
+                    flush()
+                for key, value in extras.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_grad_norm is not None:
+                    grad_norms.append(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm))
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                bar.update()
+                if step % eval_every == 0 or step == total:
+                    if step % per_epoch == 0:
+                        epoch_rng_state = order_rng.get_state()
+                    record()
+                    bar.set_postfix(loss=f"{history.records[-1]['train_loss']:.4f}", refresh=False)
+                    if path is not None:
+                        _save(path, model, optimizer, scheduler, history, step, config,
+                              epoch_rng_state)
+                if step >= total:
+                    break
+            else:
+                epoch_rng_state = order_rng.get_state()
+    finally:
+        bar.close()
+    return history
+
+
+def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+          history: History, step: int, config: dict[str, Any], epoch_rng_state: torch.Tensor) -> None:
+    ckpt.save_state(path, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "history": history.to_dict(), "step": step, "config": config,
+        "epoch_rng_state": epoch_rng_state, "rng": ckpt.rng_state()})

@@ -1,0 +1,41 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pytest
+import torch
+
+from aigc_lib.training import History
+from aigc_lib.viz import plot_history, show_images
+
+
+def test_plot_history_draws_each_key():
+    h = History([3.0, 2.0, 1.5, 1.0], [{"step": 2, "train_loss": 2.5, "val_loss": 2.6},
+                                       {"step": 4, "train_loss": 1.25, "val_loss": 1.4}])
+    ax = plot_history(h)
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["train loss per step", "train loss", "val loss"]
+    assert list(ax.get_lines()[2].get_ydata()) == [2.6, 1.4]
+    with pytest.raises(ValueError, match=r"keys \['accuracy'\] are not in the history"):
+        plot_history(h, keys=["accuracy"])
+    with pytest.raises(TypeError, match="history must be"):
+        plot_history({"train_loss": [1]})
+
+
+@pytest.mark.parametrize("shape", [(5, 8, 8), (5, 1, 8, 8), (5, 3, 8, 8), (5, 8, 8, 3)])
+def test_show_images_accepts_common_layouts(shape):
+    fig = show_images(torch.rand(shape), ncols=3, titles=list("abcde"))
+    drawn = [ax for ax in fig.axes if ax.images]
+    assert len(drawn) == 5 and len(fig.axes) == 6
+
+
+@pytest.mark.parametrize("images, kwargs, error, words", [
+    (np.zeros((2, 8)), {}, ValueError, "images must have shape"),
+    ([[0.0]], {}, TypeError, "images must be a tensor"),
+    (np.zeros((2, 8, 8)), {"ncols": 0}, ValueError, "ncols"),
+    (np.zeros((2, 8, 8)), {"titles": ["a"]}, ValueError, "titles must have one entry"),
+    (np.zeros((0, 8, 8)), {}, ValueError, "images is empty"),
+])
+def test_show_images_bad_input(images, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        show_images(images, **kwargs)
