@@ -59,6 +59,9 @@ class GradcheckReport:
     def __str__(self) -> str:
         return self.message()
 
+    def __repr__(self) -> str:
+        return self.message()
+
     def _repr_html_(self) -> str:
         head = ("<tr><th>input</th><th>shape</th><th>max abs error</th><th>max rel error</th>"
                 "<th>verdict</th></tr>")

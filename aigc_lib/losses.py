@@ -181,7 +181,7 @@ def perplexity(mean_nll: torch.Tensor | float) -> torch.Tensor:
     if not isinstance(mean_nll, torch.Tensor):
         if isinstance(mean_nll, bool) or not isinstance(mean_nll, (int, float)):
             raise TypeError(f"mean_nll must be a number or tensor, got {type(mean_nll).__name__}")
-        mean_nll = torch.tensor(float(mean_nll))
+        mean_nll = torch.tensor(float(mean_nll), dtype=torch.float64)
     checks.tensor("mean_nll", mean_nll, floating=True)
     if bool((mean_nll < 0).any()):
         raise ValueError(f"mean_nll must be >= 0 (a negative log-likelihood of discrete data), "

@@ -86,3 +86,44 @@ def show_images(images: torch.Tensor | np.ndarray, ncols: int = 10,
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+class ResultsTable:
+    """A small table that renders as HTML in notebooks and the book, and as text elsewhere."""
+
+    def __init__(self, rows: Sequence[Sequence[object]], header: Sequence[str]):
+        self.header = [str(h) for h in header]
+        self.rows = [[_fmt(v) for v in row] for row in rows]
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in self.rows)
+        return f'<table class="aigc-results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    def __repr__(self) -> str:
+        widths = [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in [self.header, *self.rows]]
+        return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return f"{value.item():.4g}"
+    return str(value)
+
+
+def results_table(rows: Sequence[Sequence[object]],
+                  header: Sequence[str] = ("quantity", "measured", "check")) -> ResultsTable:
+    """The table that closes each chapter: one row per measured quantity (floats to 4 digits)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rows must not be empty")
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or len(row) != len(header):
+            raise ValueError(f"rows[{i}] must have {len(header)} entries (one per header column), "
+                             f"got {row!r}")
+    return ResultsTable(rows, header)

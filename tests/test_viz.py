@@ -39,3 +39,15 @@ def test_show_images_accepts_common_layouts(shape):
 def test_show_images_bad_input(images, kwargs, error, words):
     with pytest.raises(error, match=words):
         show_images(images, **kwargs)
+
+
+def test_results_table_renders_and_checks_rows():
+    from aigc_lib.viz import results_table
+    table = results_table([("loss", 0.123456, True), ("ppl", torch.tensor(3.0), "ok")])
+    html = table._repr_html_()
+    assert "<td>0.1235</td>" in html and "<td>yes</td>" in html and "<td>3</td>" in html
+    assert repr(table).splitlines()[0].split() == ["quantity", "measured", "check"]
+    with pytest.raises(ValueError, match=r"rows\[1\] must have 3 entries"):
+        results_table([("a", 1, True), ("b", 2)])
+    with pytest.raises(ValueError, match="rows must not be empty"):
+        results_table([])

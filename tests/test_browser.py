@@ -1,0 +1,157 @@
+"""Open every page of the built book in headless Chromium and check what a reader would see.
+
+Needs `make book` first (the HTML in _build/html) and Chromium with its driver (Debian's
+`chromium` and `chromium-driver`; `.ci/run` installs them). For each page listed in _toc.yml it
+saves a screenshot to _build/screenshots/ and asserts that:
+  - MathJax typeset the math (no raw $$, \\( or \\[ left in the text outside code),
+  - every image loaded,
+  - every embedded ipywidget rendered,
+  - no cell output shows a traceback or an error,
+  - every resource came from the local server (the book renders offline).
+"""
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,1600"]
+
+
+def toc_pages() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+    for part in toc.get("parts", []):
+        pages += [entry["file"] for entry in part["chapters"]]
+    return pages
+
+
+def executable(env: str, *names: str) -> str:
+    found = os.environ.get(env) or next(filter(None, map(shutil.which, names)), None)
+    if not found:
+        pytest.fail(f"{' or '.join(names)} not found (set {env}); install Debian's chromium and "
+                    f"chromium-driver, as .ci/run does")
+    return found
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (HTML / "index.html").exists():
+        pytest.fail(f"{HTML} has no built book: run `make book` before the browser test")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = executable("CHROME_BIN", "chromium", "chromium-browser", "google-chrome")
+    for flag in CHROME_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"]:
+        options.add_argument(flag)
+    service = Service(executable_path=executable("CHROMEDRIVER", "chromedriver"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+
+
+WAIT_FOR_MATH = """
+const done = arguments[arguments.length - 1];
+const start = Date.now();
+if (!document.querySelector('script[src*="mathjax"]') && !document.querySelector('.math')) { done('typeset'); return; }
+(function wait() {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    MathJax.startup.promise.then(() => done('typeset')).catch(e => done('error: ' + e));
+  } else if (Date.now() - start > 20000) { done('MathJax never loaded'); }
+  else { setTimeout(wait, 100); }
+})();
+"""
+
+TEXT_OUTSIDE_CODE = """
+const copy = document.querySelector('main, article, body').cloneNode(true);
+copy.querySelectorAll('pre, code, script, style, mjx-container, .highlight').forEach(e => e.remove());
+return copy.textContent;
+"""
+
+BROKEN_IMAGES = """
+return Array.from(document.images)
+  .filter(img => !(img.complete && img.naturalWidth > 0))
+  .map(img => img.getAttribute('src'));
+"""
+
+WIDGETS = """
+const views = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]');
+const rendered = document.querySelectorAll('.jupyter-widgets, .widget-interact, .widget-box');
+return [views.length, rendered.length];
+"""
+
+ERROR_OUTPUTS = """
+const bad = document.querySelectorAll('.cell_output .traceback, .cell_output .error, div.output.error, div.output.traceback');
+const texts = Array.from(document.querySelectorAll('.cell_output')).map(e => e.innerText);
+return [bad.length, texts];
+"""
+
+RESOURCES = "return performance.getEntriesByType('resource').map(r => r.name);"
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_page_renders_offline(page, server, browser):
+    browser.get(f"{server}/{page}.html")
+    assert "404" not in browser.title, f"{page}.html is missing from the build"
+    math_state = browser.execute_async_script(WAIT_FOR_MATH)
+    assert math_state == "typeset", f"{page}: {math_state}"
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    browser.execute_async_script("const d = arguments[0]; setTimeout(d, 500);")
+
+    height = min(browser.execute_script("return document.body.scrollHeight"), 15000)
+    browser.set_window_size(1280, max(height, 800))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SHOTS / (page.replace("/", "__") + ".png")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    browser.set_window_size(1280, 1600)
+
+    text = browser.execute_script(TEXT_OUTSIDE_CODE)
+    raw = [token for token in ("$$", "\\(", "\\[", "\\begin{") if token in text]
+    assert not raw, f"{page}: raw LaTeX left untypeset: {raw}"
+    if browser.execute_script("return document.querySelectorAll('.math').length"):
+        assert browser.execute_script("return document.querySelectorAll('mjx-container').length")
+
+    broken = browser.execute_script(BROKEN_IMAGES)
+    assert not broken, f"{page}: images that did not load: {broken}"
+
+    views, rendered = browser.execute_script(WIDGETS)
+    if views:
+        assert rendered >= views, f"{page}: {views} embedded widgets but {rendered} rendered"
+
+    n_bad, outputs = browser.execute_script(ERROR_OUTPUTS)
+    assert n_bad == 0, f"{page}: {n_bad} cell outputs are errors"
+    pattern = re.compile(r"Traceback \(most recent call last\)|^\w*(Error|Exception): ", re.M)
+    failing = [t[:300] for t in outputs if pattern.search(t)]
+    assert not failing, f"{page}: outputs show errors: {failing}"
+
+    remote = [url for url in browser.execute_script(RESOURCES)
+              if not url.startswith((server, "data:", "blob:"))]
+    assert not remote, f"{page}: resources fetched from outside the book: {remote}"
