@@ -8,7 +8,11 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``gradcheck``   finite-difference gradient checks with a per-input report
 - ``checkpoint``  safetensors weights and training checkpoints
 - ``training``    ``fit``: the training loop, with history, clipping, NaN guard and resume
-- ``viz``         history plots and image grids
+- ``viz``         history plots, image grids, results tables
+- ``data``        offline datasets with fixed splits
+- ``metrics``     evaluation metrics
+- ``optim``       optimisers written out for teaching, learning-rate schedules
+- ``models``      the models built in the book (a package: one module per model)
 """
 
 __version__ = "0.1.0"
