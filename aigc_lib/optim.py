@@ -203,7 +203,8 @@ def descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor
     x = start.detach().clone().requires_grad_(True)
     opt = make_optimizer([x])
     if not isinstance(opt, torch.optim.Optimizer):
-        raise TypeError(f"make_optimizer must return a torch.optim.Optimizer, got {type(opt).__name__}")
+        raise TypeError("make_optimizer must return a torch.optim.Optimizer, got "
+                        f"{type(opt).__name__}")
     points, values = [x.detach().clone()], []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
