@@ -4,8 +4,9 @@ Every chapter that compares a technique with a plain baseline ends by calling :f
 with one :class:`Comparison` per technique. The values are the ones its cells just measured and
 asserted; nothing is typed in. They are written as JSON to ``cache_dir("results")/<chapter>.json``
 (atomically, so a reader never sees half a file), together with the profile, the library version
-and the time of the run. Chapter 9 reads them back with :func:`load_all` and builds its
-gold-or-bubble table from them.
+and the time of the run. Chapter 9 reads them back with :func:`ensure`, which
+first executes any chapter whose record is missing or was made under another profile, and
+builds its gold-or-bubble table from them.
 
 The *gain* of a technique is how much better than its baseline it is, as a ratio > 1 when it
 wins: ``baseline_value / value`` when lower is better (losses, NLL, distances), and
@@ -17,10 +18,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from aigc_lib import __version__, runtime
 
@@ -170,3 +175,43 @@ def load_all(chapters: list[str]) -> dict[str, Record | None]:
     if isinstance(chapters, str) or not isinstance(chapters, (list, tuple)):
         raise TypeError("chapters must be a list of chapter names")
     return {chapter: load(chapter) for chapter in chapters}
+
+
+_RUN_NOTEBOOK = """
+import sys, nbformat
+from nbclient import NotebookClient
+path, folder, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3])
+nb = nbformat.read(path, as_version=4)
+NotebookClient(nb, timeout=timeout, kernel_name="python3",
+               resources={"metadata": {"path": folder}}).execute()
+"""
+
+
+def ensure(chapters: list[str], book_dir: str | os.PathLike,
+           timeout: int = 900) -> dict[str, Record]:
+    """Every chapter's record, executing ``book_dir/<chapter>.ipynb`` first where it is missing.
+
+    A record made under another profile counts as missing. The notebooks run one after the other
+    in a separate process (as ``pytest --nbmake`` would run them); a failing notebook raises
+    ``RuntimeError`` with the end of its error output.
+    """
+    records = load_all(chapters)
+    book = Path(book_dir)
+    if not book.is_dir():
+        raise ValueError(f"book_dir must be an existing folder, got {str(book)!r}")
+    todo = [c for c, r in records.items() if r is None or r.profile != runtime.profile()]
+    for chapter in tqdm(todo, desc="running chapters without a record", disable=not todo):
+        notebook = book / f"{chapter}.ipynb"
+        if not notebook.exists():
+            raise FileNotFoundError(f"chapter {chapter} has recorded nothing under profile "
+                                    f"{runtime.profile()!r} and {notebook} does not exist; "
+                                    "run that chapter first")
+        done = subprocess.run([sys.executable, "-c", _RUN_NOTEBOOK, str(notebook), str(book),
+                               str(timeout)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"executing {notebook} failed:\n{done.stderr[-3000:]}")
+        records[chapter] = load(chapter)
+        if records[chapter] is None:
+            raise RuntimeError(f"{notebook} ran but recorded nothing: it must call "
+                               f"aigc_lib.results.record({chapter!r}, ...)")
+    return records

@@ -90,3 +90,53 @@ def test_bad_record_arguments():
         results.record("03_vae", [{"technique": "VAE"}])
     with pytest.raises(TypeError, match="chapters"):
         results.load_all("03_vae")
+
+
+def tiny_chapter(folder, name, body):
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, folder / f"{name}.ipynb")
+
+
+RECORDING = """
+from aigc_lib.results import Comparison, record
+record("90_tiny", [Comparison("t", "b", "loss", 1.0, 2.0, lower_is_better=True)])
+"""
+
+
+def test_ensure_runs_only_chapters_without_a_record(tmp_path):
+    book = tmp_path / "book"
+    book.mkdir()
+    tiny_chapter(book, "90_tiny", RECORDING)
+    results.record("91_done", [vae_row()])
+    tiny_chapter(book, "91_done", "raise SystemExit('must not run')")
+    got = results.ensure(["90_tiny", "91_done"], book)
+    assert got["90_tiny"].comparisons[0].gain == 2.0
+    assert got["91_done"].comparisons == (vae_row(),)
+
+
+def test_ensure_reruns_a_record_from_another_profile(tmp_path, monkeypatch):
+    book = tmp_path / "book"
+    book.mkdir()
+    monkeypatch.setenv("AIGC_PROFILE", "gpu")
+    results.record("90_tiny", [vae_row()])
+    monkeypatch.setenv("AIGC_PROFILE", "cpu")
+    tiny_chapter(book, "90_tiny", RECORDING)
+    assert results.ensure(["90_tiny"], book)["90_tiny"].profile == "cpu"
+
+
+def test_ensure_errors_name_the_chapter(tmp_path):
+    book = tmp_path / "book"
+    book.mkdir()
+    with pytest.raises(FileNotFoundError, match="92_absent"):
+        results.ensure(["92_absent"], book)
+    tiny_chapter(book, "93_silent", "x = 1")
+    with pytest.raises(RuntimeError, match="recorded nothing"):
+        results.ensure(["93_silent"], book)
+    tiny_chapter(book, "94_broken", "1 / 0")
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        results.ensure(["94_broken"], book)
+    with pytest.raises(ValueError, match="book_dir"):
+        results.ensure(["92_absent"], tmp_path / "nowhere")
