@@ -110,10 +110,15 @@ def test_kneser_ney_nll_is_a_sum_of_conditionals_and_improves_with_order():
     assert nlls[0] > nlls[1] > nlls[2] > nlls[3]
     direct = -sum(math.log(lm.prob(held[max(0, t - 3):t], held[t])) for t in range(200))
     assert lm.nll(held[:200]) == pytest.approx(direct, rel=1e-12)
+    assert lm.nll_by_order(held) == pytest.approx({n: lm.nll(held, order=n) for n in range(1, 5)},
+                                                  rel=1e-12)
+    assert list(lm.nll_by_order(held[:50], orders=[3])) == [3]
     # two bytes per symbol for token ids above 255
     tokens = KneserNey(order=2, vocab_size=1000).fit([999, 3, 999, 3, 512])
     assert tokens.prob([999], 3) > 0.5 and sum(tokens.prob([3], w) for w in range(1000)) == \
         pytest.approx(1.0)
+    seq = [999, 3, 512, 7, 3, 999]
+    assert tokens.nll_by_order(seq) == pytest.approx({n: tokens.nll(seq, order=n) for n in (1, 2)})
 
 
 @pytest.mark.parametrize("call, error, words", [
@@ -124,6 +129,8 @@ def test_kneser_ney_nll_is_a_sum_of_conditionals_and_improves_with_order():
     (lambda: KneserNey(5, 10).fit([1, 2]), ValueError, "at least order=5"),
     (lambda: KneserNey(2, 10).nll([1, 2]), RuntimeError, "call fit"),
     (lambda: KneserNey(2, 10).fit([1, 2, 3]).nll([1], order=3), ValueError, "order must be"),
+    (lambda: KneserNey(2, 10).fit([1, 2, 3]).nll_by_order([1], [1, 3]), ValueError, "order must"),
+    (lambda: KneserNey(2, 10).fit([1, 2, 3]).nll_by_order([1], []), ValueError, "orders must"),
 ])
 def test_kneser_ney_bad_input(call, error, words):
     with pytest.raises(error, match=words):

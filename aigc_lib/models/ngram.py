@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from operator import itemgetter
 
 from aigc_lib import checks
 
@@ -69,24 +70,26 @@ class KneserNey:
         # raw[k]: counts of the (k+1)-grams (history of k symbols, then the next symbol)
         self.raw = [Counter(data[i * w:(i + k + 1) * w] for i in range(n - k))
                     for k in range(self.order)]
-        # cont[k]: N1+(. h w) for (k+1)-grams hw, from the distinct (k+2)-grams
-        self.cont = []
-        for k in range(self.order - 1):
-            table = Counter()
-            for key in self.raw[k + 1]:
-                table[key[w:]] += 1
-            self.cont.append(table)
-        self._raw_stats = [self._history_stats(t) for t in self.raw]
-        self._cont_stats = [self._history_stats(t) for t in self.cont]
+        # cont[k]: N1+(. h w) for (k+1)-grams hw: the distinct (k+2)-grams with that ending
+        self.cont = [Counter(map(itemgetter(slice(w, None)), self.raw[k + 1]))
+                     for k in range(self.order - 1)]
+        # c(h .) of the raw counts: every occurrence of the k-gram h except at the very end
+        raw_totals = [Counter({b"": n})]
+        for k in range(1, self.order):
+            totals = self.raw[k - 1].copy()
+            totals[data[(n - k) * w:]] -= 1
+            raw_totals.append(+totals)                   # + drops the zero entry
+        # c(h .) of the continuation counts: the distinct (k+2)-grams with h in the middle
+        cont_totals = [Counter(map(itemgetter(slice(w, -w)), self.raw[k + 1]))
+                       for k in range(self.order - 1)]
+        self._raw_stats = [self._history_stats(t, s) for t, s in zip(self.raw, raw_totals)]
+        self._cont_stats = [self._history_stats(t, s) for t, s in zip(self.cont, cont_totals)]
         self.fitted = True
         return self
 
-    def _history_stats(self, table: Counter) -> tuple[Counter, Counter, float]:
-        """Totals c(h .), distinct followers N1+(h .) per history, and the discount D."""
-        totals, types, w = Counter(), Counter(), self.width
-        for key, count in table.items():
-            totals[key[:-w]] += count
-            types[key[:-w]] += 1
+    def _history_stats(self, table: Counter, totals: Counter) -> tuple[Counter, Counter, float]:
+        """Totals c(h .) (given), distinct followers N1+(h .) per history, and the discount D."""
+        types = Counter(map(itemgetter(slice(None, -self.width)), table))
         of_counts = Counter(table.values())
         n1, n2 = of_counts[1], of_counts[2]
         discount = n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
@@ -136,3 +139,41 @@ class KneserNey:
         for end in range(0, len(data), w):
             total -= math.log(self._prob(tables, data, end, max(0, end - (order - 1) * w)))
         return total
+
+    def nll_by_order(self, ids: Sequence[int] | bytes,
+                     orders: Sequence[int] | None = None) -> dict[int, float]:
+        r""":meth:`nll` of ``ids`` for several orders at once (default: every order from 1 to
+        ``order``), in one pass: the continuation-count levels below the top are shared by all
+        orders, so scoring every order costs about as much as scoring the highest one. Equal to
+        ``{n: self.nll(ids, order=n) for n in orders}`` (tested)."""
+        orders = list(range(1, self.order + 1)) if orders is None else list(orders)
+        if not orders:
+            raise ValueError("orders must not be empty")
+        for n in orders:
+            self._tables(n)                         # validates n (and that fit was called)
+        top, want = max(orders), set(orders)
+        raw = [(self.raw[k], *self._raw_stats[k]) for k in range(top)]
+        cont = [(self.cont[k], *self._cont_stats[k]) for k in range(top - 1)]
+        data, w = self._pack(ids, "ids"), self.width
+        totals = dict.fromkeys(orders, 0.0)
+        for end in range(0, len(data), w):
+            t, symbol = end // w, data[end:end + w]
+            p = 1.0 / self.vocab_size     # the continuation-count chain below level k
+            for k in range(min(t, top - 1) + 1):
+                history = data[end - k * w:end]
+                if k + 1 in want:         # order k + 1 ends with the raw counts of level k
+                    table, count, types, discount = raw[k]
+                    total = count.get(history, 0)
+                    q = ((max(table.get(history + symbol, 0) - discount, 0.0)
+                          + discount * types[history] * p) / total) if total else p
+                    totals[k + 1] -= math.log(q)
+                if k < top - 1:
+                    table, count, types, discount = cont[k]
+                    total = count.get(history, 0)
+                    if total:
+                        p = (max(table.get(history + symbol, 0) - discount, 0.0)
+                             + discount * types[history] * p) / total
+            for n in want:                # too short a history for order n's top level
+                if n - 1 > t:
+                    totals[n] -= math.log(p)
+        return totals
