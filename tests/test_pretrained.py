@@ -24,6 +24,7 @@ def tiny_cache(tmp_path, monkeypatch):
 def test_trained_on_first_use_then_loaded(tiny_cache, monkeypatch):
     first = pretrained.load("bpe", "cpu", progress=False)
     assert first.trained_now and first.folder.parent.parent == tiny_cache
+    assert not first.model.training
     assert [r["step"] for r in first.history.records] == [3, 6]
     assert all(0 < r["test_bpb"] < 9 for r in first.history.records)
     assert not list(tiny_cache.rglob("*.partial")) and not list(tiny_cache.rglob("train.safetensors"))
@@ -47,21 +48,37 @@ def test_training_is_deterministic(tmp_path):
         assert torch.equal(x, y)
 
 
+HF_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json"}
+
+
 def test_hugging_face_export_loads_with_auto_classes(tiny_cache):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
     path = pretrained.small_gpt("bpe", "cpu", progress=False)
+    names = {p.name for p in path.iterdir()}
+    assert HF_FILES | {"gpt.safetensors", "gpt_config.json", "recipe.json",
+                       "history.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
     ours = pretrained.load("bpe", "cpu").model
-    hf = AutoModelForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # local_files_only: the folder alone suffices, no network is consulted
+    hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    assert isinstance(hf, GPT2LMHeadModel)
     text = "def f(x): x"
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     assert tokenizer.decode(ids[0]) == text and tokenizer.eos_token == "<|endoftext|>"
     assert hf.config.eos_token_id == tokenizer.eos_token_id == 0
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-5, rtol=0)
+    # greedy decoding agrees too (transformers stops early if it emits end-of-text)
+    hf_out = hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    ours_out = ours.generate(ids, 8, temperature=0.0)
+    assert torch.equal(hf_out, ours_out[:, :hf_out.shape[1]])
     assert gpt.from_hf(path).config == ours.config
     assert json.loads((path / "recipe.json").read_text())["steps"] == TINY.steps
+    # the same tokenizer as the one pretrained.load returns
+    assert tokenizer(text)["input_ids"] == pretrained.load("bpe", "cpu").tokenizer.encode(text).ids
 
 
 def test_parallel_callers_share_one_training(tiny_cache, monkeypatch):
