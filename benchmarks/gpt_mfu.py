@@ -1,7 +1,10 @@
 """Tokens per second and model FLOPs utilisation (MFU) of the GPT training step (chapter 6).
 
     python benchmarks/gpt_mfu.py                    # GPT-2 small on CUDA (bf16, compile, SDPA)
-    python benchmarks/gpt_mfu.py --preset cpu-tiny  # a small model on the CPU: tokens/s only
+    python benchmarks/gpt_mfu.py --preset cpu-tiny  # chapter 6's cpu model: tokens/s only
+    python benchmarks/gpt_mfu.py --preset chapter-gpu  # chapter 6's gpu model
+
+On the CPU it uses one thread unless ``--threads`` says otherwise.
 
 One training step is what ``aigc_lib.training.fit`` does for chapter 6: forward and loss under
 bf16 autocast, backward, gradient clipping, a fused AdamW step. FLOPs per token come from
@@ -18,7 +21,7 @@ import time
 
 import torch
 
-from aigc_lib import runtime
+from aigc_lib import pretrained, runtime
 from aigc_lib.models import gpt
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, FLOP/s (no structured sparsity).
@@ -28,13 +31,20 @@ PEAK_BF16_FLOPS = {
     "A100": 312e12, "L4": 121e12, "A10G": 70e12, "T4": 65e12,
 }
 
+def _chapter_preset(profile: str) -> dict:
+    r = pretrained.recipe("bpe", profile)
+    return dict(config=dict(vocab_size=r.vocab_size, block_size=r.block_size, n_layer=r.n_layer,
+                            n_head=r.n_head, n_embd=r.n_embd), batch_size=r.batch_size)
+
+
 PRESETS = {
-    # GPT-2 small at its full context: big enough for the GPU's tensor cores to be busy
+    # GPT-2 small at its full context (vocabulary padded to a multiple of 64): big enough for
+    # the GPU's tensor cores to be busy
     "gpt2-small": dict(config=dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12,
                                    n_embd=768), batch_size=32),
-    # chapter 6's cpu-profile model
-    "cpu-tiny": dict(config=dict(vocab_size=2048, block_size=128, n_layer=4, n_head=4,
-                                 n_embd=128), batch_size=32),
+    # chapter 6's models (aigc_lib.pretrained recipes; dropout left out)
+    "cpu-tiny": _chapter_preset("cpu"),
+    "chapter-gpu": _chapter_preset("gpu"),
 }
 
 
@@ -61,11 +71,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps (compilation)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--attention", choices=gpt.ATTENTION_PATHS, default="sdpa")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (0 keeps PyTorch's default); on a busy "
+                             "machine several threads mostly wait for each other")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak FLOP/s in TFLOP/s, if not in the table")
     args = parser.parse_args()
 
     dev = runtime.device()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset or ("gpt2-small" if dev.type == "cuda" else "cpu-tiny")]
     config = gpt.GPTConfig(**preset["config"], attention=args.attention)
     batch_size = args.batch_size or preset["batch_size"]
@@ -80,8 +95,11 @@ def main() -> None:
     if cuda and not args.no_compile:
         model.compile()
     tokens = torch.randint(0, config.vocab_size, (batch_size, config.block_size + 1), device=dev)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast(
-        "cpu", enabled=False)
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    if cuda and not bf16:
+        print("note: this GPU has no bf16 support; timing in float32 (TF32 matmuls)")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16) if cuda else \
+        torch.autocast("cpu", enabled=False)
 
     def step() -> torch.Tensor:
         with autocast:
@@ -113,7 +131,7 @@ def main() -> None:
         "preset": args.preset or ("gpt2-small" if cuda else "cpu-tiny"),
         "parameters": gpt.count_parameters(config), "batch_size": batch_size,
         "block_size": config.block_size, "compile": cuda and not args.no_compile,
-        "bf16_autocast": cuda, "attention": args.attention,
+        "bf16_autocast": bf16, "attention": args.attention,
         "ms_per_step": round(1e3 * seconds, 2),
         "tokens_per_s": round(tokens_per_step / seconds),
         "flops_per_token": flops_per_token,
