@@ -76,7 +76,7 @@ class Recipe:
 RECIPES: dict[tuple[str, str], Recipe] = {
     ("bpe", "cpu"): Recipe(vocab_size=2048, n_layer=3, n_head=4, n_embd=128, block_size=128,
                            dropout=0.0, steps=640, batch_size=8, lr=3e-3, warmup_steps=32,
-                           min_lr_ratio=0.1, weight_decay=0.1, clip_grad_norm=1.0, eval_every=64),
+                           min_lr_ratio=0.1, weight_decay=0.1, clip_grad_norm=1.0, eval_every=128),
     # the byte-level model is the same network with a 257-symbol vocabulary, trained for fewer
     # steps: chapter 6 compares the two at equal training compute (170 byte-level steps cost a
     # little more than the BPE model's first 128)

@@ -116,3 +116,21 @@ def test_bad_input():
         pretrained.train({"steps": 3})
     assert isinstance(pretrained.recipe("byte", "gpu"), pretrained.Recipe)
     assert isinstance(training.History(), training.History)
+
+
+def test_heldout_bits_per_byte_is_the_sequence_nll_per_byte():
+    import math
+
+    from aigc_lib import data
+
+    tok = data.train_bpe("the cat sat on the mat. " * 20, 300)
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.get_vocab_size(), block_size=16, n_layer=1,
+                                  n_head=2, n_embd=8)).eval()
+    text = "the mat sat on the cat, the cat sat on the mat"
+    nll, scored = gpt.sequence_nll(model, data.encode(tok, text))
+    assert scored == len(tok.encode(text).ids)            # every token of the text is scored
+    assert pretrained.heldout_bits_per_byte(model, tok, text) == pytest.approx(
+        nll / (math.log(2) * len(text.encode())), rel=1e-12)
+    with pytest.raises(ValueError, match="text must be a non-empty str"):
+        pretrained.heldout_bits_per_byte(model, tok, "")
