@@ -2,8 +2,8 @@ r"""The book's own pretrained GPT: trained on first use, cached, shared (chapter
 
 No causal language model ships offline, so chapter 6 pretrains one on Python's documentation
 (:func:`aigc_lib.data.python_docs`) and this module caches it. The first call of :func:`load` or
-:func:`small_gpt` trains it (deterministically: fixed seeds, a fixed data order), later calls
-load it. A file lock makes parallel notebook runs wait for one training instead of racing.
+:func:`small_gpt` trains it (fixed seeds and a fixed data order: bit for bit reproducible on the
+CPU; on a GPU fused kernels may round differently from run to run), later calls load it. A file lock makes parallel notebook runs wait for one training instead of racing.
 
 The cache folder (under :func:`aigc_lib.runtime.cache_dir`) is a Hugging Face model folder, so
 the fine-tuning chapter starts from it exactly as it would start from ``gpt2``::
