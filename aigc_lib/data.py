@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aigc_lib import checks
+
 DIGITS_TEST_SIZE = 0.2
 DIGITS_SPLIT_SEED = 0
 
@@ -154,3 +156,90 @@ def mnist(split: str = "train", flatten: bool = True, binarize: float | None = N
     if flatten:
         x = x.reshape(len(x), -1)
     return x, torch.tensor(labels, dtype=torch.int64)
+
+
+# ------------------------------------------------------------ text: Python's documentation
+# (chapter 6 pretrains a GPT on it; chapter 1 fits its character n-grams on the same split)
+
+PYDOC_HELDOUT_FRACTION = 0.1
+END_OF_TEXT = "<|endoftext|>"
+
+
+def python_docs(split: str = "train") -> str:
+    r"""Python's own documentation as one string, with a fixed held-out split (chapters 1 and 6).
+
+    The corpus is ``pydoc_data.topics.topics`` (the reference-manual topics behind ``help()``,
+    about 465 KB, shipped with every Python): the topics sorted by name and joined by newlines.
+    ``"train"`` is the first 90 % of its characters, ``"test"`` the last 10 %, ``"all"`` both;
+    ``"fit"`` and ``"val"`` split the training part again, 8/9 and 1/9 (the first 80 % and the
+    next 10 % of the corpus), for choosing hyper-parameters without touching the test text.
+    The text differs slightly between Python versions.
+    """
+    from pydoc_data.topics import topics
+
+    splits = ("train", "test", "all", "fit", "val")
+    if split not in splits:
+        raise ValueError(f"split must be one of {splits}, got {split!r}")
+    corpus = "\n".join(topics[k] for k in sorted(topics))
+    cut = int((1 - PYDOC_HELDOUT_FRACTION) * len(corpus))
+    inner = int((1 - 2 * PYDOC_HELDOUT_FRACTION) * len(corpus))
+    return {"train": corpus[:cut], "test": corpus[cut:], "all": corpus,
+            "fit": corpus[:inner], "val": corpus[inner:cut]}[split]
+
+
+def train_bpe(texts, vocab_size: int):
+    r"""A byte-level BPE tokenizer (Sennrich et al., 2016; GPT-2's variant) trained on ``texts``
+    with Hugging Face ``tokenizers`` (chapter 6).
+
+    Text is first split into UTF-8 bytes (each shown as a printable character, as in GPT-2), so
+    any string can be encoded and decoding gives it back exactly. Training starts from the 256
+    bytes plus ``END_OF_TEXT`` and repeatedly merges the most frequent adjacent pair into a new
+    token until ``vocab_size`` tokens exist (fewer if no pair is left to merge). With
+    ``vocab_size=257`` nothing is merged: one token per byte, the byte-level tokenizer. Training
+    is deterministic. Returns a ``tokenizers.Tokenizer``; ``END_OF_TEXT`` has id 0.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts must be a string or a non-empty iterable of strings")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+    if vocab_size < 257:
+        raise ValueError(f"vocab_size must be >= 257 (256 bytes + {END_OF_TEXT}), got {vocab_size}")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def encode(tokenizer, text: str, add_end_of_text: bool = True) -> torch.Tensor:
+    """Token ids of ``text`` as an int64 tensor, preceded by ``END_OF_TEXT`` when asked (so that
+    a language model scores the first token of ``text`` too)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    ids = tokenizer.encode(text).ids
+    if add_end_of_text:
+        eot = tokenizer.token_to_id(END_OF_TEXT)
+        if eot is None:
+            raise ValueError(f"tokenizer has no {END_OF_TEXT} token")
+        ids = [eot] + ids
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def token_windows(ids: torch.Tensor, length: int, stride: int = 1) -> torch.Tensor:
+    r"""All windows ``ids[s : s + length]`` for ``s = 0, stride, 2·stride, …`` as a
+    ``(n_windows, length)`` *view* (``Tensor.unfold``: no copy), the training examples of a
+    language model (chapter 6): ``aigc_lib.training.fit`` draws random rows of it."""
+    checks.tensor("ids", ids, ndim=1)
+    checks.positive_number("length", length, integer=True)
+    checks.positive_number("stride", stride, integer=True)
+    if len(ids) < length:
+        raise ValueError(f"ids has {len(ids)} tokens, fewer than one window of length {length}")
+    return ids.unfold(0, length, stride)

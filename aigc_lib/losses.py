@@ -225,3 +225,28 @@ def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logv
     recon = bce_with_logits(logits, targets, reduction="none").flatten(1).sum(1).mean()
     kl = kl_diag_gaussians(mu, logvar).mean()
     return recon + beta * kl, {"recon": recon, "kl": kl}
+
+
+def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
+                   ignore_index: int = -100) -> torch.Tensor:
+    r"""Next-token (shifted) language-model loss, in nats per scored token (chapters 5 and 6):
+
+    .. math:: \mathcal L = \frac{1}{|S|}\sum_{(b,t) \in S} -\log \operatorname{softmax}(z_{b,t})_{x_{b,t+1}},
+
+    where position :math:`t` of ``logits`` ``(B, T, V)`` predicts token :math:`t+1` of
+    ``input_ids`` ``(B, T)``, so the last position's logits and the first token are not scored,
+    and :math:`S` leaves out targets equal to ``ignore_index`` (padding, prompts). This is the
+    loss that ``transformers``' ``GPT2LMHeadModel(input_ids, labels=input_ids)`` reports
+    (``tests/test_gpt.py`` checks it).
+    """
+    checks.tensor("logits", logits, floating=True, ndim=3)
+    checks.tensor("input_ids", input_ids, ndim=2)
+    if input_ids.shape != logits.shape[:2]:
+        raise ValueError(f"input_ids must have shape {tuple(logits.shape[:2])} (logits without the "
+                         f"vocabulary dimension), got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] < 2:
+        raise ValueError("input_ids must have at least 2 positions: one to read, one to predict")
+    shifted = logits[:, :-1]
+    if shifted.dtype in (torch.float16, torch.bfloat16):   # reduce in float32 under autocast
+        shifted = shifted.float()
+    return cross_entropy(shifted, input_ids[:, 1:], ignore_index=ignore_index)
