@@ -61,6 +61,14 @@ def test_first_code_cell_installs_from_the_configured_repository_in_colab_only(m
     assert len(calls) == 1 and any(f"git+{REPO_URL}" in part for part in calls[0])
 
 
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_code_lines_fit_the_page(md):
+    """The rendered book shows 88 columns of code without a scroll bar."""
+    for cell in code_cells(jupytext.read(md)):
+        for line in cell.splitlines():
+            assert len(line) <= 88, f"{md.name}: {len(line)} columns: {line!r}"
+
+
 def test_every_repository_url_in_the_book_is_the_configured_one():
     for path in list((ROOT / "book").rglob("*.md")) + list((ROOT / "book").rglob("*.ipynb")):
         for url in re.findall(r"git\+(https://[^\s\"'\\]+)", path.read_text()):
