@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml tools/install_torch.sh
 
 # Execute every chapter (cached by jupyter-cache under _build/.jupyter_cache) and build
 # HTML into _build/html. -W turns warnings into errors; execution errors fail the build.
+# tools/book_cache_key.py wipes that cache when aigc_lib, the dependencies or the profile change.
 book: $(STAMP)
+	$(PY) tools/book_cache_key.py
 	$(JB) build . -W -n --keep-going
 
 # Everything CI checks; any failing part fails `make test`.

@@ -13,6 +13,7 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``metrics``     evaluation metrics
 - ``optim``       optimisers written out for teaching, learning-rate schedules
 - ``models``      the models built in the book (a package: one module per model)
+- ``results``     what each chapter measured, recorded for the verdict chapter
 """
 
 __version__ = "0.1.0"

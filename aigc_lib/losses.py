@@ -212,3 +212,41 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     if shifted.dtype in (torch.float16, torch.bfloat16):   # reduce in float32 under autocast
         shifted = shifted.float()
     return cross_entropy(shifted, input_ids[:, 1:], ignore_index=ignore_index)
+
+
+def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+             beta: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""The VAE's negative evidence lower bound for a Bernoulli decoder and a Gaussian encoder
+    (chapter 3), returned as ``(loss, {"recon": ..., "kl": ...})``.
+
+    For a batch of :math:`B` images :math:`x_b` with :math:`D` pixels, decoder logits
+    :math:`\ell_b` computed from one reparameterised draw :math:`z_b \sim q(z\mid x_b)
+    = \mathcal N(\mu_b, \operatorname{diag}\sigma_b^2)`, and a prior :math:`p(z) = \mathcal N(0, I)`:
+
+    .. math:: \text{recon} = \frac1B\sum_b \sum_{i=1}^{D} \operatorname{BCE}(\ell_{b,i}, x_{b,i})
+              \approx \frac1B\sum_b -\mathbb E_q[\log p(x_b\mid z)],
+
+    .. math:: \text{kl} = \frac1B\sum_b \tfrac12\sum_{j=1}^{d}\left(\mu_{b,j}^2 + \sigma_{b,j}^2
+              - \log\sigma_{b,j}^2 - 1\right) = \frac1B\sum_b \mathrm{KL}(q(z\mid x_b)\,\|\,p(z)),
+
+    and ``loss`` :math:`= \text{recon} + \beta\,\text{kl}`. Both terms are **summed** over their
+    dimensions (pixels, latent coordinates) and **averaged** over the batch, so with
+    :math:`\beta = 1` the loss is the negative ELBO in nats per image, an upper bound on
+    :math:`-\log p(x)`. ``beta`` :math:`\ne 1` gives the :math:`\beta`-VAE objective. ``logits``
+    and ``targets`` have shape ``(B, D)`` (or ``(B, ...)``: every dimension after the first is
+    summed); ``mu`` and ``logvar`` have shape ``(B, d)``; targets lie in [0, 1].
+    """
+    checks.tensor("logits", logits, floating=True)
+    checks.tensor("targets", targets, floating=True)
+    checks.same_shape("logits", logits, "targets", targets)
+    checks.in_unit_interval("targets", targets)
+    checks.tensor("mu", mu, floating=True, ndim=2)
+    checks.tensor("logvar", logvar, floating=True, ndim=2)
+    checks.same_shape("mu", mu, "logvar", logvar)
+    if logits.ndim < 2 or len(logits) != len(mu):
+        raise ValueError(f"logits must have shape (B, ...) with the same batch size B as mu; got "
+                         f"logits {tuple(logits.shape)} and mu {tuple(mu.shape)}")
+    checks.positive_number("beta", beta, allow_zero=True)
+    recon = bce_with_logits(logits, targets, reduction="none").flatten(1).sum(1).mean()
+    kl = kl_diag_gaussians(mu, logvar).mean()
+    return recon + beta * kl, {"recon": recon, "kl": kl}

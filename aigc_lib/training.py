@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -108,7 +109,12 @@ def _to(batch: Sequence[torch.Tensor], dev: torch.device) -> tuple[torch.Tensor,
     return tuple(t.to(dev, non_blocking=True) for t in batch)
 
 
-def _split_loss(output: LossOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+_NO_EXTRAS: Mapping[str, torch.Tensor] = MappingProxyType({})
+
+
+def _split_loss(output: LossOutput) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+    if isinstance(output, torch.Tensor) and output.ndim == 0:
+        return output, _NO_EXTRAS                      # the common case, checked cheaply
     loss, extras = (output if isinstance(output, tuple) else (output, {}))
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
         raise TypeError("loss_fn must return a scalar tensor, or (scalar tensor, dict of scalar "
@@ -124,6 +130,14 @@ def _autocast(dev: torch.device, amp: bool | str):
         raise ValueError("amp=True needs a CUDA device (bf16 autocast); use amp='auto' or False")
     use = dev.type == "cuda" and amp in ("auto", True) and torch.cuda.is_bf16_supported()
     return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use else nullcontext
+
+
+def _stop(value: float, step: int, per_epoch: int, path: Path | None) -> None:
+    """The NaN guard's error: name the step and epoch, and say what happened to the checkpoint."""
+    kept = f"the last checkpoint ({path}) is kept" if path else "no checkpoint was set"
+    epoch = (step - 1) // per_epoch + 1
+    raise FloatingPointError(f"loss is {value} at step {step} (epoch {epoch}); training stopped "
+                             f"and {kept}")
 
 
 @torch.no_grad()
@@ -245,6 +259,12 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput
         return history
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    # Per-step costs matter for small models (benchmarks/fit_overhead.py), so the loop decides
+    # once: whether batches must be moved to the device, whether to autocast, and how often to
+    # read the loss. On the CPU reading it is free, so every loss is checked before its step;
+    # on a GPU that would synchronise each step, so losses are read every 25 steps.
+    move = batches.tensors is None or any(t.device != dev for t in batches.tensors)
+    use_autocast = autocast is not nullcontext
     sync_every = 1 if dev.type == "cpu" else 25
     pending: list[torch.Tensor] = []
     sums: dict[str, torch.Tensor] = {}
@@ -255,15 +275,11 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput
     def flush() -> None:
         if not pending:
             return
-        values = ([float(pending[0])] if len(pending) == 1
-                  else torch.stack(pending).float().cpu().tolist())
+        values = torch.stack(pending).float().cpu().tolist()
         first = step - len(values) + 1
         for offset, value in enumerate(values):
             if not math.isfinite(value):
-                kept = f"the last checkpoint ({path}) is kept" if path else "no checkpoint was set"
-                raise FloatingPointError(f"loss is {value} at step {first + offset} (epoch "
-                                         f"{(first + offset - 1) // per_epoch + 1}); training "
-                                         f"stopped and {kept}")
+                _stop(value, first + offset, per_epoch, path)
         history.step_losses.extend(values)
         pending.clear()
 
@@ -304,14 +320,26 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput
             order = (torch.randperm(batches.size, generator=order_rng) if shuffle
                      else torch.arange(batches.size))
             for start in range(position * batch_size, per_epoch * batch_size, batch_size):
-                index = order[start:start + batch_size]
-                with autocast():
-                    loss, extras = _split_loss(loss_fn(model, *_to(batches.take(index), dev)))
+                batch = batches.take(order[start:start + batch_size])
+                if move:
+                    batch = _to(batch, dev)
+                if use_autocast:
+                    with autocast():
+                        output = loss_fn(model, *batch)
+                else:
+                    output = loss_fn(model, *batch)
+                loss, extras = _split_loss(output)
                 step += 1
                 since_record += 1
-                pending.append(loss.detach())
-                if len(pending) >= sync_every:
-                    flush()
+                if sync_every == 1:
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        _stop(value, step, per_epoch, path)
+                    history.step_losses.append(value)
+                else:
+                    pending.append(loss.detach())
+                    if len(pending) >= sync_every:
+                        flush()
                 for key, value in extras.items():
                     sums[key] = sums.get(key, 0.0) + value.detach().float()
                 optimizer.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from html import escape
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -96,8 +97,9 @@ class ResultsTable:
         self.rows = [[_fmt(v) for v in row] for row in rows]
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in self.rows)
+        head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>"
+                       for row in self.rows)
         return f'<table class="aigc-results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
     def __repr__(self) -> str:

@@ -51,3 +51,9 @@ def test_results_table_renders_and_checks_rows():
         results_table([("a", 1, True), ("b", 2)])
     with pytest.raises(ValueError, match="rows must not be empty"):
         results_table([])
+
+
+def test_results_table_escapes_html():
+    from aigc_lib.viz import results_table
+    html = results_table([("x < y & <b>", "<script>", "ok")])._repr_html_()
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;" in html

@@ -1,0 +1,40 @@
+"""Invalidate the book's execution cache when anything it cannot see changes.
+
+jupyter-cache (used by `make book`) re-executes a chapter only when the chapter's code changes.
+Outputs also depend on the aigc_lib sources, the installed dependencies and the run profile
+(cpu/gpu), so this script hashes those and wipes _build/.jupyter_cache when the hash differs
+from the one recorded at the last build.
+"""
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "_build" / ".jupyter_cache"
+STAMP = ROOT / "_build" / ".jupyter_cache.key"
+
+
+def current_key() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "aigc_lib").rglob("*.py")) + [ROOT / "pyproject.toml"]:
+        digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+                            capture_output=True, text=True, check=True).stdout
+    digest.update(frozen.encode())
+    from aigc_lib import runtime
+    digest.update(runtime.profile().encode())
+    return digest.hexdigest()
+
+
+if __name__ == "__main__":
+    key = current_key()
+    if STAMP.exists() and STAMP.read_text() == key:
+        sys.exit(0)
+    if CACHE.exists():
+        print("book cache: aigc_lib, dependencies or profile changed; re-executing every chapter")
+        shutil.rmtree(CACHE)
+    STAMP.parent.mkdir(parents=True, exist_ok=True)
+    STAMP.write_text(key)
