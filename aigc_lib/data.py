@@ -331,8 +331,10 @@ def support_dialogues(split: str = "train",
        spacing removed), and conversations that share any normalised statement are joined into
        one group (union–find), so exact and near copies, and a question asked twice with two
        answers, stay together;
-    2. the groups, in a canonical order, are shuffled by ``random.Random(seed)`` and cut in the
-       proportions ``fractions`` (train, validation, test) of the number of groups;
+    2. the groups of each category (a group belongs to the category of its first conversation),
+       in a canonical order, are shuffled by ``random.Random(seed)`` and cut in the proportions
+       ``fractions`` (train, validation, test) of the category's number of groups, so every
+       split has each category in proportion (stratified);
     3. each conversation gives the pairs (statement :math:`i`, statement :math:`i+1`), and each
        distinct pair is kept once.
 
@@ -370,22 +372,27 @@ def support_dialogues(split: str = "train",
     groups: dict[int, list[int]] = {}
     for i in range(len(conversations)):
         groups.setdefault(root(i), []).append(i)
-    canonical = sorted(groups.values(), key=lambda members: min(
-        _normalise_statement(s) for i in members for s in conversations[i][1]))
     import random
 
-    random.Random(seed).shuffle(canonical)
-    n = len(canonical)
-    if n < 3:
-        raise ValueError(f"categories {list(categories)} hold {n} distinct conversation "
-                         f"group(s); three splits need at least 3")
-    n_train = max(1, round(fractions[0] * n))
-    n_val = max(1, min(round(fractions[1] * n), n - n_train - 1))
-    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val),
-              "test": (n_train + n_val, n)}
-    lo, hi = bounds[split]
+    rng = random.Random(seed)
+    chosen: list[tuple[int, list[int]]] = []
+    for category in dict.fromkeys(c for c, _ in conversations):
+        mine = sorted((m for m in groups.values() if conversations[m[0]][0] == category),
+                      key=lambda members: min(_normalise_statement(s) for i in members
+                                              for s in conversations[i][1]))
+        rng.shuffle(mine)
+        n = len(mine)
+        if n < 3:
+            raise ValueError(f"categories: {category!r} holds {n} distinct conversation "
+                             f"group(s); three splits need at least 3")
+        n_train = max(1, round(fractions[0] * n))
+        n_val = max(1, min(round(fractions[1] * n), n - n_train - 1))
+        bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val),
+                  "test": (n_train + n_val, n)}
+        lo, hi = bounds[split]
+        chosen += [(min(members), members) for members in mine[lo:hi]]
     out, seen = [], set()
-    for group_id, members in enumerate(canonical[lo:hi], start=lo):
+    for group_id, members in chosen:
         for i in members:
             category, turns = conversations[i]
             for question, answer in zip(turns, turns[1:]):

@@ -94,7 +94,7 @@ def collate_masked(examples: Sequence[tuple[Sequence[int], Sequence[int]]],
 
 
 def _token_ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def pad_token_id(tokenizer) -> int:
@@ -153,6 +153,17 @@ def encode_dialogues(tokenizer, dialogues: Iterable, max_length: int,
         reply = reply[:max_answer_tokens]
         examples.append((prompt[-(max_length - len(reply)):], reply))
     return collate_masked(examples, pad_token_id(tokenizer))
+
+
+def few_shot_context(dialogues: Iterable) -> str:
+    r"""Worked examples to put in front of a prompt (few-shot prompting, chapter 7): each pair
+    formatted exactly as in training, ``PROMPT_TEMPLATE + ANSWER_TEMPLATE``, followed by a blank
+    line. Pass the result as ``context`` to :func:`encode_dialogues`."""
+    pairs = [_pair(item, i) for i, item in enumerate(dialogues)]
+    if not pairs:
+        raise ValueError("dialogues is empty")
+    return "".join(PROMPT_TEMPLATE.format(question=q) + ANSWER_TEMPLATE.format(answer=a) + "\n\n"
+                   for q, a in pairs)
 
 
 def _trim(input_ids, attention_mask, labels):

@@ -53,8 +53,9 @@ def test_loading_from_a_local_folder_and_encoding(checkpoint):
         n = int(enc.attention_mask[row].sum())
         assert tok.decode(enc.input_ids[row, :n]) == f"Question: {q}\nAnswer: {a}{tok.eos_token}"
     # a context in front changes the prompt but not the scored tokens
-    few = finetune.encode_dialogues(tok, PAIRS, max_length=64,
-                                    context="Question: Hi\nAnswer: Hello.\n\n")
+    context = finetune.few_shot_context([("Hi", "Hello.")])
+    assert context == "Question: Hi\nAnswer: Hello.\n\n"
+    few = finetune.encode_dialogues(tok, PAIRS, max_length=64, context=context)
     assert [r[r != -100].tolist() for r in few.labels] == \
         [r[r != -100].tolist() for r in enc.labels]
     # truncation: answers to max_answer_tokens, prompts from the left, rows within max_length
@@ -142,6 +143,8 @@ def test_encode_bad_input(checkpoint):
         finetune.encode_dialogues(tok, [("q",)], max_length=16)
     with pytest.raises(ValueError, match="dialogues is empty"):
         finetune.encode_dialogues(tok, [], max_length=16)
+    with pytest.raises(ValueError, match="dialogues is empty"):
+        finetune.few_shot_context([])
     with pytest.raises(ValueError, match="max_answer_tokens"):
         finetune.encode_dialogues(tok, PAIRS, max_length=16, max_answer_tokens=16)
     with pytest.raises(TypeError, match="max_length must be an int"):

@@ -181,6 +181,26 @@ def test_bad_input(call, error, words):
         call()
 
 
+def test_peft_state_dict_round_trip():
+    base, ours, theirs, _ = pair("conv1d")
+    saved = peft.get_peft_model_state_dict(theirs)
+    assert saved.keys() == lora.peft_state_dict(ours).keys()
+    fresh = copy.deepcopy(base)
+    lora.add_lora(fresh, r=R, alpha=ALPHA)
+    lora.load_peft_state_dict(fresh, saved)
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(logits(fresh, idx), logits(theirs, idx), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="does not match"):
+        lora.load_peft_state_dict(fresh, {k: v for k, v in saved.items() if "h.0" not in k})
+    bad = dict(saved)
+    key = next(iter(bad))
+    bad[key] = bad[key][:1]
+    with pytest.raises(ValueError, match="has shape"):
+        lora.load_peft_state_dict(fresh, bad)
+    with pytest.raises(TypeError, match="state must be"):
+        lora.load_peft_state_dict(fresh, [1])
+
+
 def test_wrapping_twice_is_refused():
     model = tiny_gpt2()
     lora.add_lora(model)

@@ -42,8 +42,14 @@ def test_no_conversation_or_statement_is_in_two_splits(seed):
         assert not statements[first] & statements[second], (first, second)
 
 
+def test_every_split_has_every_category():
+    for pairs in splits().values():
+        assert {d.category for d in pairs} == set(data.SUPPORT_CATEGORIES)
+
+
 def test_statements_are_normalised_for_grouping():
-    assert data._normalise_statement("What’s a CPU?  ") == data._normalise_statement("whats a cpu")
+    norm = data._normalise_statement
+    assert norm("What’s a CPU?  ") == norm("whats a cpu")
     assert data._normalise_statement("Hello, World!") == "hello world"
 
 

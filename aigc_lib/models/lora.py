@@ -192,3 +192,29 @@ def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A.detach().clone()
         out[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B.detach().clone()
     return out
+
+
+@torch.no_grad()
+def load_peft_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy LoRA matrices saved in ``peft``'s naming (:func:`peft_state_dict`, or
+    ``peft.get_peft_model_state_dict``) into the :class:`LoRALinear` layers of ``model``, which
+    must have the same layers and ranks. Raises ``ValueError`` naming a missing or mis-shaped
+    entry."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of tensors, got {type(state).__name__}")
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("model has no LoRA layers")
+    expected = {f"base_model.model.{name}.lora_{m}.weight" for name in layers for m in "AB"}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"state does not match the model's LoRA layers: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    for name, layer in layers.items():
+        for matrix in ("A", "B"):
+            value = state[f"base_model.model.{name}.lora_{matrix}.weight"]
+            target = getattr(layer, f"lora_{matrix}")
+            if value.shape != target.shape:
+                raise ValueError(f"state's lora_{matrix} for {name} has shape "
+                                 f"{tuple(value.shape)}, the model's {tuple(target.shape)}")
+            target.copy_(value)
