@@ -14,6 +14,7 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``optim``       optimisers written out for teaching, learning-rate schedules
 - ``models``      the models built in the book (a package: one module per model)
 - ``results``     what each chapter measured, recorded for the verdict chapter
+- ``finetune``    fine-tuning a causal LM on prompt → answer pairs: masked labels, answer perplexity
 """
 
 __version__ = "0.1.0"

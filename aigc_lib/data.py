@@ -243,3 +243,161 @@ def token_windows(ids: torch.Tensor, length: int, stride: int = 1) -> torch.Tens
     if len(ids) < length:
         raise ValueError(f"ids has {len(ids)} tokens, fewer than one window of length {length}")
     return ids.unfold(0, length, stride)
+
+
+# =================================================================================================
+# Support dialogues for fine-tuning a language model (chapter 7).
+# Kept as one section at the end of the module: chapter 8 adds its own chatterbot-corpus loader
+# (intent classification) elsewhere; these functions share nothing with it but the package.
+
+from collections.abc import Sequence  # noqa: E402  (imports of this section, kept with it)
+from dataclasses import dataclass  # noqa: E402
+
+SUPPORT_CATEGORIES = ("tech_support", "coding")
+SUPPORT_SPLITS = ("train", "validation", "test")
+SUPPORT_FRACTIONS = (0.7, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    """One prompt → answer pair: ``question`` is a statement of a conversation and ``answer`` the
+    statement that follows it; ``conversation`` identifies its group of conversations (pairs with
+    the same id are always in the same split) and ``category`` its corpus file."""
+    question: str
+    answer: str
+    conversation: int
+    category: str
+
+
+def _chatterbot_english_folder() -> Path:
+    try:
+        import chatterbot_corpus
+    except ImportError as err:             # a dependency of aigc_lib; missing only if uninstalled
+        raise ImportError("support_conversations needs the PyPI package chatterbot-corpus "
+                          "(pip install chatterbot-corpus)") from err
+    return Path(chatterbot_corpus.__file__).parent / "data" / "english"
+
+
+def support_conversations(categories: str | Sequence[str] = SUPPORT_CATEGORIES
+                          ) -> list[tuple[str, list[str]]]:
+    r"""The raw English conversations of the PyPI package ``chatterbot-corpus`` for
+    ``categories`` (file names without ``.yml``, e.g. ``"tech_support"``), as
+    ``(category, [statement, response, ...])`` in file order, duplicates included (chapter 7).
+
+    Each conversation is a list of statements in which every statement answers the one before
+    it (the package's format). Nothing is downloaded: the YAML files ship with the package.
+    """
+    import yaml
+
+    if isinstance(categories, str):
+        categories = (categories,)
+    if not isinstance(categories, Sequence) or not categories or \
+            not all(isinstance(c, str) for c in categories):
+        raise TypeError("categories must be a category name or a non-empty sequence of names")
+    folder = _chatterbot_english_folder()
+    available = sorted(p.stem for p in folder.glob("*.yml"))
+    unknown = [c for c in categories if c not in available]
+    if unknown:
+        raise ValueError(f"categories has unknown names {unknown}; chatterbot-corpus's English "
+                         f"categories are {available}")
+    if len(set(categories)) != len(categories):
+        raise ValueError(f"categories lists a category twice: {list(categories)}")
+    out = []
+    for category in categories:
+        document = yaml.safe_load((folder / f"{category}.yml").read_text(encoding="utf-8"))
+        for conversation in document.get("conversations") or []:
+            out.append((category, [str(s).strip() for s in conversation]))
+    return out
+
+
+def _normalise_statement(text: str) -> str:
+    """Case, punctuation and spacing removed: ``"What's a CPU?"`` and ``"whats a cpu"`` match."""
+    text = text.casefold().replace("'", "").replace("\u2019", "")
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
+
+
+def support_dialogues(split: str = "train",
+                      categories: str | Sequence[str] = SUPPORT_CATEGORIES,
+                      fractions: Sequence[float] = SUPPORT_FRACTIONS,
+                      seed: int = 0) -> list[Dialogue]:
+    r"""Prompt → answer pairs of ``chatterbot-corpus`` conversations, split **by conversation**
+    into ``"train"``, ``"validation"`` and ``"test"`` (chapter 7 fine-tunes a GPT on them).
+
+    The corpus repeats itself: ``tech_support`` holds 1,050 conversations but only 10 distinct
+    ones, ``coding`` 184 with 98 distinct. A split by position would put copies of the same
+    conversation on both sides, and the test set would measure memorisation. So:
+
+    1. every statement is normalised (:func:`_normalise_statement`: case, punctuation and
+       spacing removed), and conversations that share any normalised statement are joined into
+       one group (union–find), so exact and near copies, and a question asked twice with two
+       answers, stay together;
+    2. the groups of each category (a group belongs to the category of its first conversation),
+       in a canonical order, are shuffled by ``random.Random(seed)`` and cut in the proportions
+       ``fractions`` (train, validation, test) of the category's number of groups, so every
+       split has each category in proportion (stratified);
+    3. each conversation gives the pairs (statement :math:`i`, statement :math:`i+1`), and each
+       distinct pair is kept once.
+
+    Returns a list of :class:`Dialogue` in a fixed order; the same arguments give the same list.
+    """
+    if split not in SUPPORT_SPLITS:
+        raise ValueError(f"split must be one of {SUPPORT_SPLITS}, got {split!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not isinstance(fractions, Sequence) or len(fractions) != 3 or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions):
+        raise TypeError("fractions must be a sequence of three numbers (train, validation, test)")
+    if any(not f > 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"fractions must be three positive numbers summing to 1, "
+                         f"got {tuple(fractions)}")
+    conversations = [(c, turns) for c, turns in support_conversations(categories)
+                     if len(turns) >= 2]
+    # union-find over conversations linked by a shared normalised statement
+    parent = list(range(len(conversations)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, (_, turns) in enumerate(conversations):
+        for statement in turns:
+            key = _normalise_statement(statement)
+            if key in owner:
+                parent[root(i)] = root(owner[key])
+            else:
+                owner[key] = i
+    groups: dict[int, list[int]] = {}
+    for i in range(len(conversations)):
+        groups.setdefault(root(i), []).append(i)
+    import random
+
+    rng = random.Random(seed)
+    chosen: list[tuple[int, list[int]]] = []
+    for category in dict.fromkeys(c for c, _ in conversations):
+        mine = sorted((m for m in groups.values() if conversations[m[0]][0] == category),
+                      key=lambda members: min(_normalise_statement(s) for i in members
+                                              for s in conversations[i][1]))
+        rng.shuffle(mine)
+        n = len(mine)
+        if n < 3:
+            raise ValueError(f"categories: {category!r} holds {n} distinct conversation "
+                             f"group(s); three splits need at least 3")
+        n_train = max(1, round(fractions[0] * n))
+        n_val = max(1, min(round(fractions[1] * n), n - n_train - 1))
+        bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val),
+                  "test": (n_train + n_val, n)}
+        lo, hi = bounds[split]
+        chosen += [(min(members), members) for members in mine[lo:hi]]
+    out, seen = [], set()
+    for group_id, members in chosen:
+        for i in members:
+            category, turns = conversations[i]
+            for question, answer in zip(turns, turns[1:]):
+                key = (_normalise_statement(question), _normalise_statement(answer))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(Dialogue(question, answer, group_id, category))
+    return out
