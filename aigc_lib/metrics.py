@@ -159,3 +159,44 @@ def compression_bits_per_byte(test: str | bytes, method: str, context: str | byt
         raise ValueError("test must not be empty")
     base = _compress(context_bytes, method) if context_bytes else 0
     return 8 * (_compress(context_bytes + test_bytes, method) - base) / len(test_bytes)
+
+
+# ------------------------------------------------------------ calibration (chapter 9)
+
+def calibration_bins(confidence: torch.Tensor, correct: torch.Tensor,
+                     n_bins: int = 10) -> list[tuple[float, float, int]]:
+    r"""Reliability-diagram bins: ``(mean confidence, accuracy, count)`` for each non-empty bin.
+
+    Predictions are grouped by their confidence into ``n_bins`` equal-width bins of
+    :math:`(0, 1]` (bin :math:`b` holds :math:`(b-1)/B < c \le b/B`; a confidence of 0 goes
+    to the first bin).
+    """
+    checks.tensor("confidence", confidence, floating=True, ndim=1)
+    checks.in_unit_interval("confidence", confidence)
+    checks.tensor("correct", correct, ndim=1)
+    checks.same_shape("confidence", confidence, "correct", correct)
+    if len(confidence) == 0:
+        raise ValueError("confidence must not be empty")
+    if not bool(((correct == 0) | (correct == 1)).all()):
+        raise ValueError("correct must hold only 0/1 or False/True")
+    checks.positive_number("n_bins", n_bins, integer=True)
+    conf = confidence.double()
+    hits = correct.double()
+    index = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        in_bin = index == b
+        count = int(in_bin.sum())
+        if count:
+            out.append((conf[in_bin].mean().item(), hits[in_bin].mean().item(), count))
+    return out
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor,
+                               n_bins: int = 10) -> float:
+    r"""ECE :math:`= \sum_b \frac{n_b}{N}\,\lvert \mathrm{acc}_b - \mathrm{conf}_b\rvert` over
+    the bins of :func:`calibration_bins` (chapter 9): how far, on average over predictions,
+    the stated confidence is from the accuracy actually achieved at that confidence."""
+    bins = calibration_bins(confidence, correct, n_bins)
+    total = sum(count for _, _, count in bins)
+    return sum(count / total * abs(acc - conf) for conf, acc, count in bins)

@@ -71,3 +71,38 @@ def test_warmup_cosine_bad_input(args, error, words):
     with pytest.raises(error, match=words):
         optim.warmup_cosine(*args)
     assert math.isfinite(optim.warmup_cosine(0, 0, 10))
+
+
+def test_calibration_bins_and_ece_by_hand():
+    from aigc_lib.metrics import calibration_bins, expected_calibration_error
+    conf = torch.tensor([0.95, 0.91, 0.55, 0.52, 0.0])
+    correct = torch.tensor([1, 0, 1, 1, 0])
+    bins = calibration_bins(conf, correct, n_bins=10)
+    assert [b[2] for b in bins] == [1, 2, 2]          # 0 -> first bin; 0.5x; 0.9x
+    assert bins[1][0] == pytest.approx(0.535) and bins[1][1] == 1.0
+    expected = (1 * 0.0 + 2 * abs(1 - 0.535) + 2 * abs(0.5 - 0.93)) / 5
+    assert expected_calibration_error(conf, correct) == pytest.approx(expected)
+
+
+def test_ece_is_small_for_calibrated_predictions_and_large_for_overconfident_ones():
+    from aigc_lib.metrics import expected_calibration_error
+    gen = torch.Generator().manual_seed(0)
+    conf = torch.rand(200_000, generator=gen)
+    calibrated = (torch.rand(200_000, generator=gen) < conf).long()
+    assert expected_calibration_error(conf, calibrated) < 0.01
+    overconfident = torch.full((1000,), 0.99)
+    coin = (torch.rand(1000, generator=gen) < 0.5).long()
+    assert expected_calibration_error(overconfident, coin) == pytest.approx(0.49, abs=0.05)
+
+
+@pytest.mark.parametrize("conf, correct, n_bins, match", [
+    (torch.tensor([0.5, 1.2]), torch.tensor([1, 0]), 10, "confidence"),
+    (torch.tensor([0.5, 0.2]), torch.tensor([1, 2]), 10, "correct"),
+    (torch.tensor([0.5, 0.2]), torch.tensor([1]), 10, "same shape"),
+    (torch.tensor([0.5]), torch.tensor([1]), 0, "n_bins"),
+    (torch.tensor([], dtype=torch.float32), torch.tensor([], dtype=torch.int64), 10, "empty"),
+])
+def test_calibration_bad_input(conf, correct, n_bins, match):
+    from aigc_lib.metrics import expected_calibration_error
+    with pytest.raises((ValueError, TypeError), match=match):
+        expected_calibration_error(conf, correct, n_bins)
