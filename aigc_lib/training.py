@@ -26,7 +26,7 @@ from torch.utils.data._utils.collate import default_collate
 from tqdm.auto import tqdm
 
 from aigc_lib import checkpoint as ckpt
-from aigc_lib import checks
+from aigc_lib import checks, losses
 from aigc_lib import runtime
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -121,6 +121,12 @@ def _split_loss(output: LossOutput) -> tuple[torch.Tensor, Mapping[str, torch.Te
                         f"tensors); got {type(loss).__name__} "
                         f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
     return loss, extras
+
+
+def _sync_interval(dev: torch.device) -> int:
+    """Steps between reads of the loss: every step on the CPU (free), every 25 on a GPU (a
+    read synchronises the device)."""
+    return 1 if dev.type == "cpu" else 25
 
 
 def _autocast(dev: torch.device, amp: bool | str):
@@ -275,7 +281,7 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput
     # on a GPU that would synchronise each step, so losses are read every 25 steps.
     move = batches.tensors is None or any(t.device != dev for t in batches.tensors)
     use_autocast = autocast is not nullcontext
-    sync_every = 1 if dev.type == "cpu" else 25
+    sync_every = _sync_interval(dev)
     pending: list[torch.Tensor] = []
     sums: dict[str, torch.Tensor] = {}
     grad_norms: list[torch.Tensor] = []
@@ -416,8 +422,6 @@ def _grad_norm(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
 
 def _d_loss_default(discriminator: torch.nn.Module, real: torch.Tensor,
                     fake: torch.Tensor) -> LossOutput:
-    from aigc_lib import losses
-
     logits = discriminator(torch.cat([real, fake]))   # one forward pass for both batches
     real_logits, fake_logits = logits[:len(logits) // 2], logits[len(logits) // 2:]
     loss = losses.gan_discriminator_loss(real_logits, fake_logits)
@@ -426,8 +430,6 @@ def _d_loss_default(discriminator: torch.nn.Module, real: torch.Tensor,
 
 
 def _g_loss_default(saturating: bool) -> Callable[..., LossOutput]:
-    from aigc_lib import losses
-
     def g_loss(discriminator: torch.nn.Module, fake: torch.Tensor) -> torch.Tensor:
         return losses.gan_generator_loss(discriminator(fake), saturating=saturating)
     return g_loss
@@ -440,9 +442,9 @@ def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: A
             g_loss_fn: Callable[..., LossOutput] | None = None,
             evaluate: Callable[[torch.nn.Module, torch.nn.Module], dict[str, float]] | None = None,
             eval_every: int | None = None, g_scheduler: Any = None, d_scheduler: Any = None,
-            device: torch.device | str | None = None, amp: bool | str = "auto", checkpoint: str | os.PathLike | None = None,
-            resume: bool = True, seed: int = 0, progress: bool = True,
-            desc: str = "GAN") -> GANHistory:
+            device: torch.device | str | None = None, amp: bool | str = "auto",
+            checkpoint: str | os.PathLike | None = None, resume: bool = True, seed: int = 0,
+            progress: bool = True, desc: str = "GAN") -> GANHistory:
     r"""Train a GAN by alternating gradient steps on its two players (chapter 4).
 
     One step: ``d_steps`` times, take a batch of ``batch_size`` real examples and as many
@@ -478,6 +480,9 @@ def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: A
         the :class:`GANHistory`; both networks are trained in place.
     Raises:
         FloatingPointError: when either loss becomes NaN or infinite, naming it and the step.
+            On the CPU both are checked before their optimizer steps; on a GPU, as in
+            :func:`fit`, they are read every 25 steps, so the error can come up to 24 steps
+            late (always before the next checkpoint is written).
     """
     for name, value in (("generator", generator), ("discriminator", discriminator)):
         if not isinstance(value, torch.nn.Module):
@@ -539,7 +544,7 @@ def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: A
 
     g_params = [p for group in g_optimizer.param_groups for p in group["params"]]
     d_params = [p for group in d_optimizer.param_groups for p in group["params"]]
-    sync_every = 1 if dev.type == "cpu" else 25   # as in fit: never synchronise a GPU each step
+    sync_every = _sync_interval(dev)   # as in fit: never synchronise a GPU at each step
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     sums: dict[str, torch.Tensor] = {}
     since_record, started = 0, time.perf_counter()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc_lib import checkpoint as ckpt
-from aigc_lib import data, losses, metrics, optim
+from aigc_lib import data, losses, metrics, optim, training
 from aigc_lib.gradcheck import check_gradients
 from aigc_lib.models.gan import Discriminator, Generator
 from aigc_lib.training import GANHistory, fit_gan
@@ -551,3 +551,24 @@ def test_mnist_sized_gan_pipeline_runs_on_a_local_stand_in(tmp_path):
     samples = generator.sample(32)
     assert samples.shape == (32, 784) and bool(((samples >= 0) & (samples <= 1)).all())
     assert metrics.frechet_distance(samples[:, :20], x[:32, :20]) > 0
+
+
+def test_fit_gan_deferred_loss_reads_as_on_a_gpu(monkeypatch, tmp_path):
+    """On a GPU the losses are read every 25 steps; the history and the NaN guard must agree."""
+    _, _, reference = run_gan(steps=30)
+    monkeypatch.setattr(training, "_sync_interval", lambda dev: 7)
+    _, _, deferred = run_gan(steps=30)
+    assert deferred.d_losses == reference.d_losses
+    assert deferred.g_losses == reference.g_losses
+    assert deferred.column("g_loss") == reference.column("g_loss")
+    generator, discriminator, g_opt, d_opt = make_gan()
+    calls = {"n": 0}
+
+    def poisoned(d, fake):     # a NaN value with finite gradients: the step is taken
+        calls["n"] += 1
+        loss = losses.gan_generator_loss(d(fake))
+        return loss + torch.tensor(math.nan) if calls["n"] == 9 else loss
+
+    with pytest.raises(FloatingPointError, match="generator loss is nan at step 9"):
+        fit_gan(generator, discriminator, REAL, g_optimizer=g_opt, d_optimizer=d_opt,
+                steps=20, batch_size=32, g_loss_fn=poisoned, progress=False)
