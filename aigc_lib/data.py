@@ -1,5 +1,6 @@
-"""Offline datasets (no network): scikit-learn's 8×8 digits, with a fixed split (chapters 2–4).
-MNIST is an online-only option (chapter 3), downloaded on request and checked by MD5.
+"""Offline datasets (no network): scikit-learn's 8×8 digits, with a fixed split (chapters 2–4),
+and the ring of Gaussians of the GAN chapter (chapter 4). MNIST is an online-only option
+(chapters 3 and 4), downloaded on request and checked by MD5.
 
 Further loaders (the Python-documentation corpus, the chatterbot dialogues) live here as well.
 """
@@ -55,6 +56,36 @@ def digits(split: str = "train", flatten: bool = True,
     if flatten:
         x = x.reshape(len(x), -1)
     return x, torch.tensor(labels, dtype=torch.int64)
+
+
+# --- The ring of Gaussians: a 2-D benchmark for mode collapse (chapter 4).
+
+def ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
+    r"""The ``(modes, 2)`` centres :math:`\mu_k = r(\cos(2\pi k/K), \sin(2\pi k/K))`,
+    :math:`k = 0, \dots, K-1`, evenly spaced on a circle of radius :math:`r`."""
+    checks.positive_number("modes", modes, integer=True)
+    checks.positive_number("radius", radius)
+    angles = 2 * math.pi * torch.arange(modes, dtype=torch.float64) / modes
+    return (radius * torch.stack([angles.cos(), angles.sin()], 1)).float()
+
+
+def gaussian_ring(n: int, modes: int = 8, radius: float = 2.0, std: float = 0.02,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``n`` draws from an equal-weight mixture of ``modes`` isotropic 2-D Gaussians with
+    standard deviation ``std`` centred on :func:`ring_centers`, as ``(points, mode labels)``:
+
+    .. math:: p(x) = \frac1K\sum_{k=0}^{K-1} \mathcal N(x;\ \mu_k,\ \sigma^2 I).
+
+    The defaults (8 modes, radius 2, :math:`\sigma = 0.02`) are the ring of the unrolled-GAN
+    paper (Metz et al. 2017); mode-collapse papers use this ratio of spacing to width.
+    Points are float32 ``(n, 2)``, labels int64 ``(n,)``.
+    """
+    checks.positive_number("n", n, integer=True)
+    checks.positive_number("std", std)
+    centers = ring_centers(modes, radius)
+    labels = torch.randint(0, modes, (n,), generator=generator)
+    noise = torch.randn(n, 2, generator=generator)
+    return centers[labels] + std * noise, labels
 
 
 # --- MNIST: an online-only option (chapter 3). Never substituted for the digits, or vice versa.

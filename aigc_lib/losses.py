@@ -1,8 +1,9 @@
 """Loss functions, each derived in the book and tested equal to ``torch.nn.functional``.
 
 Chapter 1 (probability and losses) derives: binary cross-entropy from logits, the Gaussian and
-categorical negative log-likelihoods, entropy and KL divergence, and perplexity. Later chapters
-add the VAE, GAN and language-model losses here.
+categorical negative log-likelihoods, entropy and KL divergence, and perplexity. Chapter 3 adds
+the VAE loss, chapter 4 the GAN losses (which take the discriminator's logits); later chapters
+add the language-model losses here.
 
 Conventions: ``reduction`` is ``'mean'`` (over every element), ``'sum'`` or ``'none'``; losses are
 in nats (natural logarithms).
@@ -250,3 +251,109 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     if shifted.dtype in (torch.float16, torch.bfloat16):   # reduce in float32 under autocast
         shifted = shifted.float()
     return cross_entropy(shifted, input_ids[:, 1:], ignore_index=ignore_index)
+
+
+def _neg_log_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    r""":math:`-\log\sigma(\ell) = \log(1 + e^{-\ell}) = \max(-\ell, 0) + \log(1 + e^{-|\ell|})`,
+    stable for any logit (the binary cross-entropy of chapter 1 with target 1)."""
+    return (-logits).clamp(min=0) + torch.log1p(torch.exp(-logits.abs()))
+
+
+def _gan_reduction(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {value!r}")
+    return value
+
+
+def gan_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                           reduction: str = "mean") -> torch.Tensor:
+    r"""The discriminator's loss in the GAN game (chapter 4), from logits: binary cross-entropy
+    with real examples labelled 1 and generated ones labelled 0.
+
+    With :math:`D = \sigma(\ell)`, logits :math:`\ell^r_i` of :math:`m` real examples and
+    :math:`\ell^g_j` of :math:`n` generated ones,
+
+    .. math:: L_D = -\frac1m\sum_{i=1}^m \log\sigma(\ell^r_i)
+              - \frac1n\sum_{j=1}^n \log\big(1 - \sigma(\ell^g_j)\big)
+              = \frac1m\sum_i \operatorname{softplus}(-\ell^r_i)
+              + \frac1n\sum_j \operatorname{softplus}(\ell^g_j),
+
+    the negative of the game's value :math:`V(G, D)` estimated on the batch. Its minimiser over
+    all functions is :math:`D^* = p_r/(p_r + p_g)`, where :math:`L_D = 2\log 2 - 2\,
+    \mathrm{JS}(p_r\,\|\,p_g)`. Gradients: :math:`\partial L_D/\partial\ell^r_i =
+    -(1 - \sigma(\ell^r_i))/m` and :math:`\partial L_D/\partial\ell^g_j = \sigma(\ell^g_j)/n`.
+    Equals ``F.binary_cross_entropy_with_logits(real, ones) + F.binary_cross_entropy_with_logits(
+    fake, zeros)``. ``reduction='sum'`` sums both terms instead of averaging them; there is no
+    ``'none'``, since the two batches may differ in size. Logits of any (matching or not) shapes.
+    """
+    checks.tensor("real_logits", real_logits, floating=True)
+    checks.tensor("fake_logits", fake_logits, floating=True)
+    _gan_reduction(reduction, ("mean", "sum"))
+    if real_logits.numel() == 0 or fake_logits.numel() == 0:
+        raise ValueError("real_logits and fake_logits must not be empty")
+    real, fake = _neg_log_sigmoid(real_logits), _neg_log_sigmoid(-fake_logits)
+    if reduction == "mean":
+        return real.mean() + fake.mean()
+    return real.sum() + fake.sum()
+
+
+def gan_generator_loss(fake_logits: torch.Tensor, saturating: bool = False,
+                       reduction: str = "mean") -> torch.Tensor:
+    r"""The generator's loss in the GAN game (chapter 4), from the discriminator's logits
+    :math:`\ell_j` on :math:`n` generated examples, in two forms.
+
+    **Non-saturating** (the default; Goodfellow et al. 2014 recommend it):
+
+    .. math:: L_G = -\frac1n\sum_j \log\sigma(\ell_j) = \frac1n\sum_j
+              \operatorname{softplus}(-\ell_j), \qquad
+              \frac{\partial L_G}{\partial \ell_j} = -\frac{1 - \sigma(\ell_j)}{n}.
+
+    **Saturating** (``saturating=True``, the minimax game as written):
+
+    .. math:: L_G = \frac1n\sum_j \log\big(1 - \sigma(\ell_j)\big) = -\frac1n\sum_j
+              \operatorname{softplus}(\ell_j), \qquad
+              \frac{\partial L_G}{\partial \ell_j} = -\frac{\sigma(\ell_j)}{n}.
+
+    Both push :math:`\ell_j` up. When the discriminator confidently rejects a sample
+    (:math:`\ell_j \ll 0`, as early in training) the saturating gradient vanishes like
+    :math:`e^{\ell_j}` while the non-saturating one tends to :math:`-1/n`. Equal to
+    ``F.binary_cross_entropy_with_logits(fake, ones)`` and to
+    ``-F.binary_cross_entropy_with_logits(fake, zeros)`` respectively. ``reduction`` is
+    ``'mean'``, ``'sum'`` or ``'none'`` (per-example terms).
+    """
+    checks.tensor("fake_logits", fake_logits, floating=True)
+    if not isinstance(saturating, bool):
+        raise TypeError(f"saturating must be a bool, got {type(saturating).__name__}")
+    checks.reduction(reduction)
+    if fake_logits.numel() == 0:
+        raise ValueError("fake_logits must not be empty")
+    terms = -_neg_log_sigmoid(-fake_logits) if saturating else _neg_log_sigmoid(fake_logits)
+    return checks.apply_reduction(terms, reduction)
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    r"""The R1 gradient penalty on real data (Mescheder et al. 2018; chapter 4): the mean squared
+    norm of the gradient of the discriminator's logit with respect to its real input,
+
+    .. math:: R_1 = \frac1m\sum_{i=1}^m \big\lVert \nabla_{x}\,\ell(x)\big|_{x = x_i}\big\rVert_2^2 .
+
+    Adding :math:`\tfrac\gamma2 R_1` to the discriminator's loss penalises a discriminator that
+    changes steeply around the data, which damps the oscillations of GAN training. ``real``
+    (``(m, ...)``) must require gradients and ``real_logits`` must be computed from it; the
+    penalty is built with ``create_graph=True``, so it can be backpropagated to the
+    discriminator's parameters. For a linear logit :math:`\ell(x) = w^\top x + b` it equals
+    :math:`\lVert w\rVert_2^2`.
+    """
+    checks.tensor("real_logits", real_logits, floating=True)
+    checks.tensor("real", real, floating=True)
+    if not real.requires_grad:
+        raise ValueError("real must require gradients: call real.requires_grad_() before "
+                         "computing real_logits from it")
+    if real.ndim == 0 or len(real) == 0:
+        raise ValueError(f"real must have a batch dimension and at least one row, got shape "
+                         f"{tuple(real.shape)}")
+    try:
+        (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    except RuntimeError as err:
+        raise ValueError("real_logits must be computed from real (no gradient path)") from err
+    return grad.flatten(1).square().sum(1).mean() if real.ndim > 1 else grad.square().mean()

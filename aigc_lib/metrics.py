@@ -1,9 +1,10 @@
-"""Evaluation metrics used across chapters (accuracy here; likelihoods, compression baselines,
-Fréchet distance and mode coverage are added by the chapters that derive them)."""
+"""Evaluation metrics used across chapters: accuracy; the likelihood estimates of the VAE chapter
+(chapter 3); the Fréchet distance and the mode coverage of the GAN chapter (chapter 4)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -200,3 +201,114 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor,
     bins = calibration_bins(confidence, correct, n_bins)
     total = sum(count for _, _, count in bins)
     return sum(count / total * abs(acc - conf) for conf, acc, count in bins)
+
+
+# --- Chapter 4: Fréchet distance and mode coverage ----------------------------------------------
+
+def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric positive semi-definite matrix, by eigendecomposition
+    (eigenvalues below zero, from rounding, are clamped to zero)."""
+    w, v = torch.linalg.eigh(a)
+    return (v * w.clamp(min=0).sqrt()) @ v.T
+
+
+def frechet_distance_gaussians(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor,
+                               cov_b: torch.Tensor) -> float:
+    r"""Fréchet (2-Wasserstein squared) distance between :math:`\mathcal N(\mu_a, \Sigma_a)`
+    and :math:`\mathcal N(\mu_b, \Sigma_b)` (Dowson and Landau 1982; chapter 4):
+
+    .. math:: d^2 = \lVert\mu_a - \mu_b\rVert_2^2 + \operatorname{tr}\Big(\Sigma_a + \Sigma_b
+              - 2\big(\Sigma_a^{1/2}\Sigma_b\Sigma_a^{1/2}\big)^{1/2}\Big).
+
+    The trace term equals :math:`\operatorname{tr}(\Sigma_a\Sigma_b)^{1/2}`, the form printed in
+    the FID paper (Heusel et al. 2017); the symmetric form used here needs only eigenvalues of
+    symmetric matrices, so it is computed exactly in float64 without a general matrix square
+    root. Means are ``(d,)``, covariances ``(d, d)`` symmetric positive semi-definite.
+    """
+    for name, value in (("mu_a", mu_a), ("mu_b", mu_b)):
+        checks.tensor(name, value, floating=True, ndim=1)
+    for name, value in (("cov_a", cov_a), ("cov_b", cov_b)):
+        checks.tensor(name, value, floating=True, ndim=2)
+    d = len(mu_a)
+    for name, value in (("mu_b", mu_b), ("cov_a", cov_a), ("cov_b", cov_b)):
+        wanted = (d,) if value.ndim == 1 else (d, d)
+        if tuple(value.shape) != wanted:
+            raise ValueError(f"{name} must have shape {wanted} to match mu_a, got "
+                             f"{tuple(value.shape)}")
+    mu_a, mu_b, cov_a, cov_b = (t.double() for t in (mu_a, mu_b, cov_a, cov_b))
+    for name, value in (("cov_a", cov_a), ("cov_b", cov_b)):
+        if not torch.allclose(value, value.T, rtol=1e-6, atol=1e-8 * float(value.abs().max())):
+            raise ValueError(f"{name} must be symmetric")
+        if float(torch.linalg.eigvalsh(value).min()) < -1e-6 * float(value.abs().max()):
+            raise ValueError(f"{name} must be positive semi-definite")
+    root_a = _sqrtm_psd(cov_a)
+    middle = root_a @ cov_b @ root_a
+    trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    value = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_root
+    return max(float(value), 0.0)
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    r"""Fréchet distance between two sets of feature vectors (rows), each summarised by its mean
+    and covariance (chapter 4): :func:`frechet_distance_gaussians` of
+    :math:`(\hat\mu_a, \hat\Sigma_a)` and :math:`(\hat\mu_b, \hat\Sigma_b)`, with unbiased
+    covariances :math:`\hat\Sigma = \frac{1}{N-1}\sum_i (f_i - \hat\mu)(f_i - \hat\mu)^\top`.
+
+    With Inception-v3 features this is the FID; this book uses the features of its own digit
+    classifier, so its numbers are on a different scale. The estimate is biased upwards for
+    finite samples (it is positive even for two samples of one distribution), and the bias
+    depends on the sample sizes: compare distances computed with equal sizes. ``features_a``
+    is ``(N, d)`` and ``features_b`` is ``(M, d)``, with :math:`N, M \ge 2`; float64 inside.
+    """
+    checks.tensor("features_a", features_a, floating=True, ndim=2)
+    checks.tensor("features_b", features_b, floating=True, ndim=2)
+    if features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"features_a and features_b must have the same number of columns "
+                         f"(features), got {features_a.shape[1]} and {features_b.shape[1]}")
+    for name, value in (("features_a", features_a), ("features_b", features_b)):
+        if len(value) < 2:
+            raise ValueError(f"{name} needs at least 2 rows to estimate a covariance, got "
+                             f"{len(value)}")
+    stats = []
+    for f in (features_a.double().cpu(), features_b.double().cpu()):
+        stats += [f.mean(0), torch.cov(f.T).reshape(f.shape[1], f.shape[1])]
+    return frechet_distance_gaussians(*stats)
+
+
+@dataclass(frozen=True)
+class ModeCoverage:
+    """The result of :func:`mode_coverage`: ``modes_covered`` of ``n_modes``, the fraction of
+    samples that are ``high_quality``, and the number of high-quality samples per mode."""
+    modes_covered: int
+    n_modes: int
+    high_quality: float
+    counts: tuple[int, ...]
+
+
+def mode_coverage(samples: torch.Tensor, centers: torch.Tensor, std: float,
+                  threshold: float = 3.0, min_count: int = 1) -> ModeCoverage:
+    r"""Mode-collapse metrics for a mixture of isotropic Gaussians with known centres
+    (chapter 4; the definitions of the VEEGAN paper, Srivastava et al. 2017).
+
+    A sample :math:`x` is **high quality** if it lies within ``threshold`` standard deviations
+    of its nearest centre, :math:`\min_k \lVert x - \mu_k\rVert_2 \le t\,\sigma`. A mode is
+    **covered** if at least ``min_count`` high-quality samples have it as nearest centre
+    (``min_count=1`` is VEEGAN's definition). ``samples`` is ``(N, d)``, ``centers`` ``(K, d)``.
+    """
+    checks.tensor("samples", samples, floating=True, ndim=2)
+    checks.tensor("centers", centers, floating=True, ndim=2)
+    if samples.shape[1] != centers.shape[1]:
+        raise ValueError(f"samples and centers must have the same number of columns, got "
+                         f"{samples.shape[1]} and {centers.shape[1]}")
+    if len(samples) == 0 or len(centers) == 0:
+        raise ValueError("samples and centers must not be empty")
+    checks.positive_number("std", std)
+    checks.positive_number("threshold", threshold)
+    checks.positive_number("min_count", min_count, integer=True)
+    dist = torch.cdist(samples.double().cpu(), centers.double().cpu())
+    nearest_dist, nearest = dist.min(1)
+    good = nearest_dist <= threshold * std
+    counts = torch.bincount(nearest[good], minlength=len(centers))
+    return ModeCoverage(modes_covered=int((counts >= min_count).sum()), n_modes=len(centers),
+                        high_quality=float(good.double().mean()),
+                        counts=tuple(int(c) for c in counts))
