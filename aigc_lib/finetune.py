@@ -88,10 +88,12 @@ def add_lora(model: SentenceClassifier, r: int = 8, alpha: float = 16.0, dropout
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if isinstance(target_modules, str) or not target_modules:
         raise TypeError("target_modules must be a non-empty list of module names")
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.encoder.named_modules()}
-    unknown = [t for t in target_modules if t not in names]
+    names = [name for name, _ in model.encoder.named_modules()]
+    unknown = [t for t in target_modules
+               if not any(n == t or n.endswith("." + t) for n in names)]
     if unknown:
-        raise ValueError(f"target_modules {unknown} are not modules of the encoder")
+        raise ValueError(f"target_modules {unknown} are not modules of the encoder (a "
+                         f"target names a module or the end of its dotted name)")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(target_modules), bias="none")
     with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
