@@ -90,6 +90,14 @@ def test_lora_layer_computes_w_plus_scaled_b_a():
         assert torch.allclose(layer(x), manual, atol=1e-5)
 
 
+def test_lora_targets_may_name_the_end_of_a_dotted_module_name():
+    model = finetune.add_lora(finetune.SentenceClassifier(tiny_bert(), 3), r=2,
+                              target_modules=("intermediate.dense", "output.dense"))
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert len(adapted) == 2 * 3  # per layer: intermediate, attention output, output
+    assert not any("pooler" in n for n in adapted)
+
+
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"r": 0}, ValueError, "r must be > 0"),
     ({"dropout": 1.0}, ValueError, "dropout must be in"),
