@@ -118,10 +118,35 @@ def cross_entropy_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Te
     return F.cross_entropy(model(ids, mask), labels)
 
 
+def length_bucketed_order(lengths: torch.Tensor, batch_size: int,
+                          generator: torch.Generator, pool: int = 8) -> torch.Tensor:
+    """One pass over the data, in batches of messages of similar length (less padding).
+
+    A random permutation is cut into pools of ``pool * batch_size`` messages; each pool is
+    sorted by length and cut into batches; the full batches are shuffled, and a last partial
+    batch, if any, stays last. Returns the permutation (every index once), to be read in
+    consecutive slices of ``batch_size``.
+    """
+    checks.tensor("lengths", lengths, ndim=1)
+    checks.positive_number("batch_size", batch_size, integer=True)
+    checks.positive_number("pool", pool, integer=True)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    order = torch.randperm(len(lengths), generator=generator)
+    size = pool * batch_size
+    pools = [order[s:s + size] for s in range(0, len(order), size)]
+    ranked = torch.cat([p[torch.argsort(lengths[p], stable=True)] for p in pools])
+    batches = list(torch.split(ranked, batch_size))
+    partial = [batches.pop()] if len(batches[-1]) < batch_size else []
+    shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return torch.cat(shuffled + partial)
+
+
 def train_classifier(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                      labels: torch.Tensor, *, epochs: int, batch_size: int = 16,
                      lr: float = 1e-4, weight_decay: float = 0.01, warmup: float = 0.1,
-                     seed: int = 0, device: torch.device | str | None = None,
+                     seed: int = 0, bucket: bool = True,
+                     device: torch.device | str | None = None,
                      progress: bool = False, desc: str = "fine-tune") -> History:
     r"""Train the trainable parameters of ``model`` on tokenized messages with
     :func:`aigc_lib.training.fit`.
@@ -129,8 +154,11 @@ def train_classifier(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
     The loss is the cross-entropy; the optimiser AdamW (decoupled weight decay, fused kernel)
     with the learning rate rising linearly over the first ``warmup`` fraction of the steps and
     decaying along a cosine to zero (:func:`aigc_lib.optim.warmup_cosine_scheduler`).
-    ``seed`` seeds the data order and dropout. Returns ``fit``'s history; ``model`` is trained
-    in place and left in eval mode.
+    With ``bucket`` each epoch reads the messages in batches of similar length
+    (:func:`length_bucketed_order`, one ``fit`` call per epoch), so that little compute goes
+    to padding; otherwise ``fit`` shuffles them. ``seed`` seeds the data order and dropout.
+    Returns the history (one record per epoch); ``model`` is trained in place and left in
+    eval mode.
     """
     checks.tensor("ids", ids, ndim=2)
     checks.tensor("mask", mask, ndim=2)
@@ -156,9 +184,24 @@ def train_classifier(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     steps = epochs * math.ceil(len(ids) / batch_size)
     schedule = optim.warmup_cosine_scheduler(opt, max(1, round(warmup * steps)), steps)
-    history = fit(model, (ids, mask, labels), loss_fn=cross_entropy_loss, optimizer=opt,
-                  epochs=epochs, batch_size=batch_size, scheduler=schedule, seed=seed,
-                  device=dev, progress=progress, desc=desc)
+    common = dict(loss_fn=cross_entropy_loss, optimizer=opt, batch_size=batch_size,
+                  scheduler=schedule, seed=seed, device=dev, progress=progress, desc=desc)
+    if not bucket:
+        history = fit(model, (ids, mask, labels), epochs=epochs, **common)
+        model.eval()
+        return history
+    history, lengths = History(), mask.sum(1)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = length_bucketed_order(lengths, batch_size, generator)
+        part = fit(model, (ids[order], mask[order], labels[order]), epochs=1, shuffle=False,
+                   **common)
+        for row in part.records:
+            history.records.append({**row, "step": row["step"] + len(history.step_losses),
+                                    "epoch": row["epoch"] + epoch,
+                                    "seconds": row["seconds"] + history.seconds})
+        history.step_losses.extend(part.step_losses)
+        history.seconds += part.seconds
     model.eval()
     return history
 

@@ -126,6 +126,36 @@ def test_train_classifier_learns_a_toy_task_and_is_seeded():
     assert (logits.argmax(1) == labels).float().mean() > 0.8
 
 
+def test_length_bucketed_order_is_a_permutation_with_less_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (203,), generator=g)
+    order = finetune.length_bucketed_order(lengths, 16, torch.Generator().manual_seed(1))
+    assert sorted(order.tolist()) == list(range(203))
+    again = finetune.length_bucketed_order(lengths, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(order, again)
+
+    def padded(o):
+        return sum(int(lengths[b].max()) * len(b) for b in torch.split(o, 16))
+    assert padded(order) < 0.8 * padded(torch.randperm(203, generator=g))
+    assert len(torch.split(order, 16)[-1]) == 203 % 16  # the partial batch is last
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        finetune.length_bucketed_order(lengths, 16, 0)
+
+
+def test_bucketed_training_records_every_epoch_and_step():
+    ids, mask, labels = toy_batch(40)
+    model = finetune.SentenceClassifier(tiny_bert(), 3, normalize=False)
+    history = finetune.train_classifier(model, ids, mask, labels, epochs=3, batch_size=16,
+                                        lr=3e-3, device="cpu")
+    assert len(history.step_losses) == 3 * 3 and len(history.records) == 3
+    assert [r["step"] for r in history.records] == [3, 6, 9]
+    assert [r["epoch"] for r in history.records] == [1, 2, 3]
+    assert history.records[-1]["seconds"] == pytest.approx(history.seconds)
+    plain = finetune.train_classifier(finetune.SentenceClassifier(tiny_bert(), 3), ids, mask,
+                                      labels, epochs=2, bucket=False, device="cpu")
+    assert len(plain.step_losses) == 2 * 3
+
+
 def test_train_classifier_bad_input():
     ids, mask, labels = toy_batch()
     model = finetune.SentenceClassifier(tiny_bert(), 3)
