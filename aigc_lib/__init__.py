@@ -14,7 +14,7 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``optim``       optimisers written out for teaching, learning-rate schedules
 - ``models``      the models built in the book (a package: one module per model)
 - ``encoders``    pretrained sentence encoders offline: tokenizing, mean pooling, embeddings
-- ``finetune``    a classifier on a pretrained encoder, fully or with LoRA (peft), via ``fit``
+- ``classifier``  a classifier on a pretrained encoder, fully or with LoRA (peft), via ``fit``
 - ``augment``     simple text augmentation (random deletion, swap, typos), seeded
 - ``costs``       parameter counts, size on disk, latency and throughput
 """

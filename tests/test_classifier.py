@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
-from aigc_lib import costs, encoders, finetune
+from aigc_lib import costs, encoders, classifier
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,7 +37,7 @@ def toy_batch(n=24, seed=0):
 
 def test_classifier_is_a_linear_head_on_the_mean_pooled_embedding():
     encoder = tiny_bert()
-    model = finetune.SentenceClassifier(encoder, 3).eval()
+    model = classifier.SentenceClassifier(encoder, 3).eval()
     ids, mask, _ = toy_batch()
     with torch.no_grad():
         hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -47,7 +47,7 @@ def test_classifier_is_a_linear_head_on_the_mean_pooled_embedding():
 
 
 def test_padding_beyond_the_longest_message_changes_nothing():
-    model = finetune.SentenceClassifier(tiny_bert(), 3).eval()
+    model = classifier.SentenceClassifier(tiny_bert(), 3).eval()
     ids, mask, _ = toy_batch()
     padded_ids = torch.cat([ids, torch.zeros(len(ids), 5, dtype=ids.dtype)], 1)
     padded_mask = torch.cat([mask, torch.zeros_like(mask[:, :5])], 1)
@@ -56,7 +56,7 @@ def test_padding_beyond_the_longest_message_changes_nothing():
 
 
 def test_init_head_copies_a_probe_and_checks_shapes():
-    model = finetune.SentenceClassifier(tiny_bert(), 3)
+    model = classifier.SentenceClassifier(tiny_bert(), 3)
     weight, bias = torch.randn(3, 16).numpy(), [0.1, 0.2, 0.3]
     model.init_head(weight, bias)
     assert torch.allclose(model.head.weight, torch.as_tensor(weight))
@@ -65,11 +65,11 @@ def test_init_head_copies_a_probe_and_checks_shapes():
 
 
 def test_lora_starts_equal_to_the_base_model_and_trains_only_adapters_and_head():
-    model = finetune.SentenceClassifier(tiny_bert(), 3).eval()
+    model = classifier.SentenceClassifier(tiny_bert(), 3).eval()
     ids, mask, _ = toy_batch()
     with torch.no_grad():
         before = model(ids, mask)
-    finetune.add_lora(model, r=4, alpha=8, target_modules=("query", "value"))
+    classifier.add_lora(model, r=4, alpha=8, target_modules=("query", "value"))
     with torch.no_grad():
         assert torch.allclose(model(ids, mask), before, atol=1e-6)  # B = 0 at the start
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -79,7 +79,7 @@ def test_lora_starts_equal_to_the_base_model_and_trains_only_adapters_and_head()
 
 
 def test_lora_layer_computes_w_plus_scaled_b_a():
-    model = finetune.add_lora(finetune.SentenceClassifier(tiny_bert(), 3), r=4, alpha=8)
+    model = classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), r=4, alpha=8)
     layer = model.encoder.base_model.model.encoder.layer[0].attention.self.query
     torch.manual_seed(1)
     with torch.no_grad():
@@ -91,7 +91,7 @@ def test_lora_layer_computes_w_plus_scaled_b_a():
 
 
 def test_lora_targets_may_name_the_end_of_a_dotted_module_name():
-    model = finetune.add_lora(finetune.SentenceClassifier(tiny_bert(), 3), r=2,
+    model = classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), r=2,
                               target_modules=("intermediate.dense", "output.dense"))
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if "lora_A" in n}
     assert len(adapted) == 2 * 3  # per layer: intermediate, attention output, output
@@ -106,22 +106,22 @@ def test_lora_targets_may_name_the_end_of_a_dotted_module_name():
 ])
 def test_add_lora_bad_input(kwargs, error, words):
     with pytest.raises(error, match=words):
-        finetune.add_lora(finetune.SentenceClassifier(tiny_bert(), 3), **kwargs)
+        classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), **kwargs)
     with pytest.raises(TypeError, match="model must be a SentenceClassifier"):
-        finetune.add_lora(tiny_bert())
+        classifier.add_lora(tiny_bert())
 
 
 def test_train_classifier_learns_a_toy_task_and_is_seeded():
     ids, mask, labels = toy_batch(48)
     runs = []
     for _ in range(2):
-        model = finetune.SentenceClassifier(tiny_bert(), 3, normalize=False)
-        history = finetune.train_classifier(model, ids, mask, labels, epochs=30,
+        model = classifier.SentenceClassifier(tiny_bert(), 3, normalize=False)
+        history = classifier.train_classifier(model, ids, mask, labels, epochs=30,
                                             batch_size=16, lr=3e-3, seed=3, device="cpu")
         runs.append(history.step_losses)
     assert runs[0] == runs[1]
     assert history.last("train_loss") < 0.5 * history.records[0]["train_loss"]
-    logits = finetune.predict_logits(model, ids, mask, batch_size=7)
+    logits = classifier.predict_logits(model, ids, mask, batch_size=7)
     assert logits.shape == (48, 3) and not model.training
     assert (logits.argmax(1) == labels).float().mean() > 0.8
 
@@ -129,9 +129,9 @@ def test_train_classifier_learns_a_toy_task_and_is_seeded():
 def test_length_bucketed_order_is_a_permutation_with_less_padding():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 30, (203,), generator=g)
-    order = finetune.length_bucketed_order(lengths, 16, torch.Generator().manual_seed(1))
+    order = classifier.length_bucketed_order(lengths, 16, torch.Generator().manual_seed(1))
     assert sorted(order.tolist()) == list(range(203))
-    again = finetune.length_bucketed_order(lengths, 16, torch.Generator().manual_seed(1))
+    again = classifier.length_bucketed_order(lengths, 16, torch.Generator().manual_seed(1))
     assert torch.equal(order, again)
 
     def padded(o):
@@ -139,53 +139,53 @@ def test_length_bucketed_order_is_a_permutation_with_less_padding():
     assert padded(order) < 0.8 * padded(torch.randperm(203, generator=g))
     assert len(torch.split(order, 16)[-1]) == 203 % 16  # the partial batch is last
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
-        finetune.length_bucketed_order(lengths, 16, 0)
+        classifier.length_bucketed_order(lengths, 16, 0)
 
 
 def test_bucketed_training_records_every_epoch_and_step():
     ids, mask, labels = toy_batch(40)
-    model = finetune.SentenceClassifier(tiny_bert(), 3, normalize=False)
-    history = finetune.train_classifier(model, ids, mask, labels, epochs=3, batch_size=16,
+    model = classifier.SentenceClassifier(tiny_bert(), 3, normalize=False)
+    history = classifier.train_classifier(model, ids, mask, labels, epochs=3, batch_size=16,
                                         lr=3e-3, device="cpu")
     assert len(history.step_losses) == 3 * 3 and len(history.records) == 3
     assert [r["step"] for r in history.records] == [3, 6, 9]
     assert [r["epoch"] for r in history.records] == [1, 2, 3]
     assert history.records[-1]["seconds"] == pytest.approx(history.seconds)
-    plain = finetune.train_classifier(finetune.SentenceClassifier(tiny_bert(), 3), ids, mask,
+    plain = classifier.train_classifier(classifier.SentenceClassifier(tiny_bert(), 3), ids, mask,
                                       labels, epochs=2, bucket=False, device="cpu")
     assert len(plain.step_losses) == 2 * 3
 
 
 def test_train_classifier_bad_input():
     ids, mask, labels = toy_batch()
-    model = finetune.SentenceClassifier(tiny_bert(), 3)
+    model = classifier.SentenceClassifier(tiny_bert(), 3)
     with pytest.raises(ValueError, match="same messages"):
-        finetune.train_classifier(model, ids, mask, labels[:-1], epochs=1)
+        classifier.train_classifier(model, ids, mask, labels[:-1], epochs=1)
     with pytest.raises(TypeError, match="labels must be int64"):
-        finetune.train_classifier(model, ids, mask, labels.int(), epochs=1)
+        classifier.train_classifier(model, ids, mask, labels.int(), epochs=1)
     with pytest.raises(ValueError, match="warmup must be a fraction"):
-        finetune.train_classifier(model, ids, mask, labels, epochs=1, warmup=1.0)
+        classifier.train_classifier(model, ids, mask, labels, epochs=1, warmup=1.0)
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        finetune.train_classifier(model, ids, mask, labels, epochs=1)
+        classifier.train_classifier(model, ids, mask, labels, epochs=1)
 
 
 def test_save_trainable_keeps_adapters_and_head_only(tmp_path):
-    full = finetune.SentenceClassifier(tiny_bert(), 3)
-    lora = finetune.add_lora(finetune.SentenceClassifier(tiny_bert(), 3), r=2)
-    full_file = finetune.save_trainable(full, tmp_path / "full.safetensors")
-    lora_file = finetune.save_trainable(lora, tmp_path / "lora.safetensors")
+    full = classifier.SentenceClassifier(tiny_bert(), 3)
+    lora = classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), r=2)
+    full_file = classifier.save_trainable(full, tmp_path / "full.safetensors")
+    lora_file = classifier.save_trainable(lora, tmp_path / "lora.safetensors")
     assert sum(t.numel() for t in load_file(full_file).values()) == costs.count_parameters(full)
     assert sum(t.numel() for t in load_file(lora_file).values()) == \
         costs.count_parameters(lora, trainable_only=True)
     assert costs.size_on_disk(lora_file) < costs.size_on_disk(full_file) / 5
     with pytest.raises(ValueError, match="must end in .safetensors"):
-        finetune.save_trainable(full, tmp_path / "model.bin")
+        classifier.save_trainable(full, tmp_path / "model.bin")
 
 
 def test_classifier_bad_input():
     with pytest.raises(ValueError, match="num_labels must be >= 2"):
-        finetune.SentenceClassifier(tiny_bert(), 1)
+        classifier.SentenceClassifier(tiny_bert(), 1)
     with pytest.raises(TypeError, match="config.hidden_size"):
-        finetune.SentenceClassifier(torch.nn.Linear(2, 2), 3)
+        classifier.SentenceClassifier(torch.nn.Linear(2, 2), 3)
