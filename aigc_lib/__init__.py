@@ -15,6 +15,10 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``models``      the models built in the book (a package: one module per model)
 - ``results``     what each chapter measured, recorded for the verdict chapter
 - ``finetune``    fine-tuning a causal LM on prompt → answer pairs: masked labels, answer perplexity
+- ``encoders``    pretrained sentence encoders offline: tokenizing, mean pooling, embeddings
+- ``classifier``  a classifier on a pretrained encoder, fully or with LoRA (peft), via ``fit``
+- ``augment``     simple text augmentation (random deletion, swap, typos), seeded
+- ``costs``       parameter counts, size on disk, latency and throughput
 """
 
 __version__ = "0.1.0"

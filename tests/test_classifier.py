@@ -1,0 +1,191 @@
+"""Fine-tuning wrapper: the classifier, LoRA through peft, training with fit, saving."""
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel
+
+from aigc_lib import costs, encoders, classifier
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on a shared CPU: a second thread only waits (and can be many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=16, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return BertModel(config).eval()
+
+
+def toy_batch(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (n, 6), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::3, 4:] = 0
+    labels = (ids[:, 1] % 3).to(torch.int64)  # learnable from the second token
+    return ids, mask, labels
+
+
+def test_classifier_is_a_linear_head_on_the_mean_pooled_embedding():
+    encoder = tiny_bert()
+    model = classifier.SentenceClassifier(encoder, 3).eval()
+    ids, mask, _ = toy_batch()
+    with torch.no_grad():
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        pooled = torch.nn.functional.normalize(encoders.mean_pool(hidden, mask), dim=-1)
+        manual = pooled @ model.head.weight.T + model.head.bias
+        assert torch.allclose(model(ids, mask), manual, atol=1e-6)
+
+
+def test_padding_beyond_the_longest_message_changes_nothing():
+    model = classifier.SentenceClassifier(tiny_bert(), 3).eval()
+    ids, mask, _ = toy_batch()
+    padded_ids = torch.cat([ids, torch.zeros(len(ids), 5, dtype=ids.dtype)], 1)
+    padded_mask = torch.cat([mask, torch.zeros_like(mask[:, :5])], 1)
+    with torch.no_grad():
+        assert torch.allclose(model(ids, mask), model(padded_ids, padded_mask), atol=1e-6)
+
+
+def test_init_head_copies_a_probe_and_checks_shapes():
+    model = classifier.SentenceClassifier(tiny_bert(), 3)
+    weight, bias = torch.randn(3, 16).numpy(), [0.1, 0.2, 0.3]
+    model.init_head(weight, bias)
+    assert torch.allclose(model.head.weight, torch.as_tensor(weight))
+    with pytest.raises(ValueError, match="weight and bias must have shapes"):
+        model.init_head(weight[:2], bias)
+
+
+def test_lora_starts_equal_to_the_base_model_and_trains_only_adapters_and_head():
+    model = classifier.SentenceClassifier(tiny_bert(), 3).eval()
+    ids, mask, _ = toy_batch()
+    with torch.no_grad():
+        before = model(ids, mask)
+    classifier.add_lora(model, r=4, alpha=8, target_modules=("query", "value"))
+    with torch.no_grad():
+        assert torch.allclose(model(ids, mask), before, atol=1e-6)  # B = 0 at the start
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or n.startswith("head.") for n in names)
+    expected = 2 * 2 * 4 * (16 + 16) + (16 * 3 + 3)  # layers x modules x r(d_in+d_out) + head
+    assert costs.count_parameters(model, trainable_only=True) == expected
+
+
+def test_lora_layer_computes_w_plus_scaled_b_a():
+    model = classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), r=4, alpha=8)
+    layer = model.encoder.base_model.model.encoder.layer[0].attention.self.query
+    torch.manual_seed(1)
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+        x = torch.randn(5, 16)
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        manual = x @ (layer.base_layer.weight + (8 / 4) * b @ a).T + layer.base_layer.bias
+        assert torch.allclose(layer(x), manual, atol=1e-5)
+
+
+def test_lora_targets_may_name_the_end_of_a_dotted_module_name():
+    model = classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), r=2,
+                              target_modules=("intermediate.dense", "output.dense"))
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert len(adapted) == 2 * 3  # per layer: intermediate, attention output, output
+    assert not any("pooler" in n for n in adapted)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"r": 0}, ValueError, "r must be > 0"),
+    ({"dropout": 1.0}, ValueError, "dropout must be in"),
+    ({"target_modules": "query"}, TypeError, "target_modules must be"),
+    ({"target_modules": ("nope",)}, ValueError, r"\['nope'\] are not modules"),
+])
+def test_add_lora_bad_input(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), **kwargs)
+    with pytest.raises(TypeError, match="model must be a SentenceClassifier"):
+        classifier.add_lora(tiny_bert())
+
+
+def test_train_classifier_learns_a_toy_task_and_is_seeded():
+    ids, mask, labels = toy_batch(48)
+    runs = []
+    for _ in range(2):
+        model = classifier.SentenceClassifier(tiny_bert(), 3, normalize=False)
+        history = classifier.train_classifier(model, ids, mask, labels, epochs=30,
+                                            batch_size=16, lr=3e-3, seed=3, device="cpu")
+        runs.append(history.step_losses)
+    assert runs[0] == runs[1]
+    assert history.last("train_loss") < 0.5 * history.records[0]["train_loss"]
+    logits = classifier.predict_logits(model, ids, mask, batch_size=7)
+    assert logits.shape == (48, 3) and not model.training
+    assert (logits.argmax(1) == labels).float().mean() > 0.8
+
+
+def test_length_bucketed_order_is_a_permutation_with_less_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (203,), generator=g)
+    order = classifier.length_bucketed_order(lengths, 16, torch.Generator().manual_seed(1))
+    assert sorted(order.tolist()) == list(range(203))
+    again = classifier.length_bucketed_order(lengths, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(order, again)
+
+    def padded(o):
+        return sum(int(lengths[b].max()) * len(b) for b in torch.split(o, 16))
+    assert padded(order) < 0.8 * padded(torch.randperm(203, generator=g))
+    assert len(torch.split(order, 16)[-1]) == 203 % 16  # the partial batch is last
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        classifier.length_bucketed_order(lengths, 16, 0)
+
+
+def test_bucketed_training_records_every_epoch_and_step():
+    ids, mask, labels = toy_batch(40)
+    model = classifier.SentenceClassifier(tiny_bert(), 3, normalize=False)
+    history = classifier.train_classifier(model, ids, mask, labels, epochs=3, batch_size=16,
+                                        lr=3e-3, device="cpu")
+    assert len(history.step_losses) == 3 * 3 and len(history.records) == 3
+    assert [r["step"] for r in history.records] == [3, 6, 9]
+    assert [r["epoch"] for r in history.records] == [1, 2, 3]
+    assert history.records[-1]["seconds"] == pytest.approx(history.seconds)
+    plain = classifier.train_classifier(classifier.SentenceClassifier(tiny_bert(), 3), ids, mask,
+                                      labels, epochs=2, bucket=False, device="cpu")
+    assert len(plain.step_losses) == 2 * 3
+
+
+def test_train_classifier_bad_input():
+    ids, mask, labels = toy_batch()
+    model = classifier.SentenceClassifier(tiny_bert(), 3)
+    with pytest.raises(ValueError, match="same messages"):
+        classifier.train_classifier(model, ids, mask, labels[:-1], epochs=1)
+    with pytest.raises(TypeError, match="labels must be int64"):
+        classifier.train_classifier(model, ids, mask, labels.int(), epochs=1)
+    with pytest.raises(ValueError, match="warmup must be a fraction"):
+        classifier.train_classifier(model, ids, mask, labels, epochs=1, warmup=1.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        classifier.train_classifier(model, ids, mask, labels, epochs=1)
+
+
+def test_save_trainable_keeps_adapters_and_head_only(tmp_path):
+    full = classifier.SentenceClassifier(tiny_bert(), 3)
+    lora = classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), r=2)
+    full_file = classifier.save_trainable(full, tmp_path / "full.safetensors")
+    lora_file = classifier.save_trainable(lora, tmp_path / "lora.safetensors")
+    assert sum(t.numel() for t in load_file(full_file).values()) == costs.count_parameters(full)
+    assert sum(t.numel() for t in load_file(lora_file).values()) == \
+        costs.count_parameters(lora, trainable_only=True)
+    assert costs.size_on_disk(lora_file) < costs.size_on_disk(full_file) / 5
+    with pytest.raises(ValueError, match="must end in .safetensors"):
+        classifier.save_trainable(full, tmp_path / "model.bin")
+
+
+def test_classifier_bad_input():
+    with pytest.raises(ValueError, match="num_labels must be >= 2"):
+        classifier.SentenceClassifier(tiny_bert(), 1)
+    with pytest.raises(TypeError, match="config.hidden_size"):
+        classifier.SentenceClassifier(torch.nn.Linear(2, 2), 3)
