@@ -58,6 +58,14 @@ def _betas(betas: object) -> tuple[float, float]:
     return float(betas[0]), float(betas[1])
 
 
+def _evaluate(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+    """The loss from ``closure`` (with gradients enabled), or ``None`` without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Adam(torch.optim.Optimizer):
     r"""Adam written out for teaching (chapter 2), equal to ``torch.optim.Adam`` (tested).
 
@@ -88,10 +96,7 @@ class Adam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Take one step; ``closure`` (optional) re-evaluates the loss and returns it."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
@@ -168,10 +173,7 @@ class ArticleAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Take one step; ``closure`` (optional) re-evaluates the loss and returns it."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             lr, (beta1, beta2) = group["lr"], group["betas"]
             for p in group["params"]:

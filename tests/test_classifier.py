@@ -7,13 +7,7 @@ from transformers import BertConfig, BertModel
 from aigc_lib import costs, encoders, classifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared CPU: a second thread only waits (and can be many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

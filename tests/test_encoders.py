@@ -8,13 +8,7 @@ from aigc_lib import data, encoders
 MESSAGES = ["My computer won't turn on.", "hi", "Who wrote Hamlet, and when was it written?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared CPU: a second thread only waits (and can be many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
