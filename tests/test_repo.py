@@ -158,3 +158,21 @@ def test_readme_shows_the_two_commands_and_ci_runs_make_test():
     assert "make book" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_book_cache_is_wiped_when_the_key_changes(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import book_cache_key as bck
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    for name in ("CACHE", "DOCTREES", "STAMP"):
+        monkeypatch.setattr(bck, name, tmp_path / getattr(bck, name).name)
+    bck.CACHE.mkdir()
+    bck.DOCTREES.mkdir()
+    assert bck.refresh("a") and not bck.CACHE.exists() and not bck.DOCTREES.exists()
+    bck.CACHE.mkdir()
+    bck.DOCTREES.mkdir()
+    assert not bck.refresh("a") and bck.CACHE.exists() and bck.DOCTREES.exists()
+    assert bck.refresh("b") and not bck.DOCTREES.exists()
+    assert len(bck.current_key()) == 64

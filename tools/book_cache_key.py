@@ -2,8 +2,10 @@
 
 jupyter-cache (used by `make book`) re-executes a chapter only when the chapter's code changes.
 Outputs also depend on the aigc_lib sources, the installed dependencies and the run profile
-(cpu/gpu), so this script hashes those and wipes _build/.jupyter_cache when the hash differs
-from the one recorded at the last build.
+(cpu/gpu), so this script hashes those and, when the hash differs from the one recorded at the
+last build, wipes _build/.jupyter_cache and Sphinx's saved environment (_build/.doctrees):
+without the latter Sphinx would not even re-read the unchanged chapters, and the HTML would
+keep the outputs of the older code.
 """
 import hashlib
 import shutil
@@ -13,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "_build" / ".jupyter_cache"
+DOCTREES = ROOT / "_build" / ".doctrees"
 STAMP = ROOT / "_build" / ".jupyter_cache.key"
 
 
@@ -29,12 +32,20 @@ def current_key() -> str:
     return digest.hexdigest()
 
 
-if __name__ == "__main__":
-    key = current_key()
+def refresh(key: str) -> bool:
+    """Wipe the execution cache and Sphinx's environment unless ``key`` matches the stamp;
+    record ``key``. Returns True when something was wiped."""
     if STAMP.exists() and STAMP.read_text() == key:
-        sys.exit(0)
-    if CACHE.exists():
+        return False
+    wiped = CACHE.exists() or DOCTREES.exists()
+    if wiped:
         print("book cache: aigc_lib, dependencies or profile changed; re-executing every chapter")
-        shutil.rmtree(CACHE)
+        shutil.rmtree(CACHE, ignore_errors=True)
+        shutil.rmtree(DOCTREES, ignore_errors=True)
     STAMP.parent.mkdir(parents=True, exist_ok=True)
     STAMP.write_text(key)
+    return wiped
+
+
+if __name__ == "__main__":
+    refresh(current_key())
