@@ -26,8 +26,8 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     require gradients when ``trainable_only``."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    unique = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}
-    return sum(p.numel() for p in unique.values())
+    # Module.parameters() yields each tensor once, however many times it is shared
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def size_on_disk(*paths: str | os.PathLike) -> int:

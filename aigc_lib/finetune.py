@@ -10,7 +10,8 @@ The pieces the source articles' script got wrong, each small and tested:
 - :func:`load_causal_lm` loads a base model and its tokenizer through the ``transformers`` Auto
   classes, from a local folder (the book's pretrained GPT) or, online, a Hub name such as
   ``"gpt2"`` — one code path, and never a silent substitute;
-- :func:`freeze_all_but` and :func:`count_parameters` for partial fine-tuning.
+- :func:`freeze_all_but` for partial fine-tuning (count what it leaves trainable with
+  :func:`aigc_lib.costs.count_parameters`).
 
 Any Hugging Face causal LM that accepts ``input_ids``, ``attention_mask`` and ``labels`` and
 returns ``.logits`` and ``.loss`` works, including one wrapped by :mod:`aigc_lib.models.lora`
@@ -220,14 +221,6 @@ def answer_perplexity(model: nn.Module, encoded: Encoded, batch_size: int = 32) 
     equally likely tokens the model is, on average, choosing among at each answer token."""
     total, count = answer_nll(model, encoded, batch_size)
     return math.exp(total / count)
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of parameters of ``model`` (each shared tensor counted once); only those with
-    ``requires_grad`` when ``trainable_only``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def freeze_all_but(model: nn.Module, prefixes: Sequence[str]) -> list[str]:

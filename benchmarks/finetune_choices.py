@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from aigc_lib import data, finetune, pretrained, runtime
+from aigc_lib import costs, data, finetune, pretrained, runtime
 from aigc_lib.models import lora
 from aigc_lib.training import fit
 
@@ -67,7 +67,8 @@ def main() -> None:
                       optimizer=torch.optim.AdamW(params, lr=lr), steps=args.steps,
                       batch_size=8, seed=0, progress=False)
         val = finetune.answer_perplexity(model, enc["validation"])
-        print(f"{name:<22} {lr:<8.0e} {val:8.1f} {finetune.count_parameters(model):>10,} "
+        trainable = costs.count_parameters(model, trainable_only=True)
+        print(f"{name:<22} {lr:<8.0e} {val:8.1f} {trainable:>10,} "
               f"{history.seconds:7.1f}", flush=True)
         return val
 
