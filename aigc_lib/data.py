@@ -15,6 +15,7 @@ import math
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,12 +281,8 @@ def token_windows(ids: torch.Tensor, length: int, stride: int = 1) -> torch.Tens
 
 
 # =================================================================================================
-# Support dialogues for fine-tuning a language model (chapter 7).
-# Kept as one section at the end of the module: chapter 8 adds its own chatterbot-corpus loader
-# (intent classification) elsewhere; these functions share nothing with it but the package.
-
-from collections.abc import Sequence  # noqa: E402  (imports of this section, kept with it)
-from dataclasses import dataclass  # noqa: E402
+# Support dialogues for fine-tuning a language model (chapter 7), from the same
+# chatterbot-corpus files as chapter 8's labelled messages (located by _chatterbot_folder).
 
 SUPPORT_CATEGORIES = ("tech_support", "coding")
 SUPPORT_SPLITS = ("train", "validation", "test")
@@ -301,15 +298,6 @@ class Dialogue:
     answer: str
     conversation: int
     category: str
-
-
-def _chatterbot_english_folder() -> Path:
-    try:
-        import chatterbot_corpus
-    except ImportError as err:             # a dependency of aigc_lib; missing only if uninstalled
-        raise ImportError("support_conversations needs the PyPI package chatterbot-corpus "
-                          "(pip install chatterbot-corpus)") from err
-    return Path(chatterbot_corpus.__file__).parent / "data" / "english"
 
 
 def support_conversations(categories: str | Sequence[str] = SUPPORT_CATEGORIES
@@ -328,7 +316,7 @@ def support_conversations(categories: str | Sequence[str] = SUPPORT_CATEGORIES
     if not isinstance(categories, Sequence) or not categories or \
             not all(isinstance(c, str) for c in categories):
         raise TypeError("categories must be a category name or a non-empty sequence of names")
-    folder = _chatterbot_english_folder()
+    folder = _chatterbot_folder("english")
     available = sorted(p.stem for p in folder.glob("*.yml"))
     unknown = [c for c in categories if c not in available]
     if unknown:
