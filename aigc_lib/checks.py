@@ -59,10 +59,11 @@ def probability_vector(name: str, p: torch.Tensor, atol: float = 1e-5) -> None:
                          f"[{sums.min().item():.6g}, {sums.max().item():.6g}]")
 
 
-def reduction(value: str) -> str:
-    """Raise unless ``value`` is one of ``'mean'``, ``'sum'``, ``'none'``."""
-    if value not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
+def reduction(value: str, allowed: tuple[str, ...] = REDUCTIONS) -> str:
+    """Raise unless ``value`` is one of ``allowed`` (by default ``'mean'``, ``'sum'``,
+    ``'none'``)."""
+    if value not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {value!r}")
     return value
 
 

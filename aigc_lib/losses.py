@@ -259,12 +259,6 @@ def _neg_log_sigmoid(logits: torch.Tensor) -> torch.Tensor:
     return (-logits).clamp(min=0) + torch.log1p(torch.exp(-logits.abs()))
 
 
-def _gan_reduction(value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"reduction must be one of {allowed}, got {value!r}")
-    return value
-
-
 def gan_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
                            reduction: str = "mean") -> torch.Tensor:
     r"""The discriminator's loss in the GAN game (chapter 4), from logits: binary cross-entropy
@@ -288,13 +282,11 @@ def gan_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
     """
     checks.tensor("real_logits", real_logits, floating=True)
     checks.tensor("fake_logits", fake_logits, floating=True)
-    _gan_reduction(reduction, ("mean", "sum"))
+    checks.reduction(reduction, allowed=("mean", "sum"))
     if real_logits.numel() == 0 or fake_logits.numel() == 0:
         raise ValueError("real_logits and fake_logits must not be empty")
     real, fake = _neg_log_sigmoid(real_logits), _neg_log_sigmoid(-fake_logits)
-    if reduction == "mean":
-        return real.mean() + fake.mean()
-    return real.sum() + fake.sum()
+    return checks.apply_reduction(real, reduction) + checks.apply_reduction(fake, reduction)
 
 
 def gan_generator_loss(fake_logits: torch.Tensor, saturating: bool = False,
