@@ -24,14 +24,16 @@ from aigc_lib import checks
 
 
 @contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence ``transformers``' info messages and weight-loading bars inside the block
-    (the messages a notebook would otherwise show on stderr); restore them afterwards."""
+def quiet_transformers(messages: bool = True) -> Iterator[None]:
+    """Hide ``transformers``' weight-loading bars inside the block and, when ``messages``, its
+    info messages and warnings too (what a notebook would otherwise show on stderr); restore
+    both afterwards."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
+    if messages:
+        hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         yield

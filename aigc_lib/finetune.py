@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aigc_lib import checks
+from aigc_lib import checks, encoders
 
 IGNORE_INDEX = -100        # the label value that cross-entropy (torch and transformers) skips
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -265,17 +265,10 @@ def load_causal_lm(source: str | os.PathLike, dtype: torch.dtype = torch.float32
             raise ValueError(f"source {str(folder)!r} is a folder without config.json: not a "
                              f"Hugging Face model folder")
         source = str(folder)
-    from transformers.utils import logging as hf_logging
-
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()             # no "Loading weights" bar in the book's pages
-    try:
+    with encoders.quiet_transformers(messages=False):  # no "Loading weights" bar in the book
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
     return model.eval(), tokenizer
 
 

@@ -98,4 +98,15 @@ def test_quiet_transformers_restores_the_verbosity():
     before = hf_logging.get_verbosity()
     with encoders.quiet_transformers():
         assert hf_logging.get_verbosity() == hf_logging.ERROR
+        assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.get_verbosity() == before
+
+
+def test_quiet_transformers_can_hide_only_the_bars():
+    from transformers.utils import logging as hf_logging
+
+    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    with encoders.quiet_transformers(messages=False):
+        assert hf_logging.get_verbosity() == before
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled() == bars
