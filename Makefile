@@ -31,7 +31,7 @@ unit: $(STAMP)
 	$(PY) tools/pytest_strict.py tests -m "not browser" -n 2
 
 # The verdict chapter reads what the other chapters recorded, so it runs after them.
-VERDICT := book/09_gold_or_bubble.ipynb
+VERDICT := book/12_gold_or_bubble.ipynb
 notebooks: $(STAMP)
 	$(PY) tools/pytest_strict.py --nbmake -n 2 book/ --ignore=$(VERDICT)
 	$(PY) tools/pytest_strict.py --nbmake $(VERDICT)

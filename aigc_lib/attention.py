@@ -1,6 +1,6 @@
-r"""Attention and its parts, written out for teaching (chapter 5, *Transformer math*).
+r"""Attention and its parts, written out for teaching (chapter 6, *Transformer math*).
 
-Every function here is derived in chapter 5 and tested against PyTorch in
+Every function here is derived in chapter 6 and tested against PyTorch in
 ``tests/test_attention.py``: the softmax and its Jacobian :math:`\operatorname{diag}(s) - s s^\top`,
 scaled dot-product attention with an optional (causal) mask, multi-head attention, sinusoidal
 positional encodings and layer normalisation. The GPT of :mod:`aigc_lib.models.gpt` uses
@@ -26,7 +26,7 @@ def softmax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
     Subtracting :math:`m = \max_j z_j` changes nothing mathematically (numerator and denominator
     are both multiplied by :math:`e^{-m}`) but keeps every exponent :math:`\le 0`, so nothing
     overflows. Entries equal to :math:`-\infty` (masked positions) get probability 0; a row that is
-    entirely :math:`-\infty` is an error, since it has no distribution (chapter 5).
+    entirely :math:`-\infty` is an error, since it has no distribution (chapter 6).
     """
     checks.tensor("z", z, floating=True, finite=False)
     if torch.isnan(z).any() or torch.isposinf(z).any():
@@ -42,7 +42,7 @@ def softmax_jacobian(s: torch.Tensor) -> torch.Tensor:
     r"""The Jacobian of the softmax at output :math:`s`: :math:`J = \operatorname{diag}(s) - s s^\top`.
 
     From :math:`s_i = e^{z_i}/\sum_k e^{z_k}`, :math:`\partial s_i/\partial z_j = s_i(\delta_{ij} -
-    s_j)` (chapter 5). ``s`` has shape ``(..., n)``; the result ``(..., n, n)`` has
+    s_j)` (chapter 6). ``s`` has shape ``(..., n)``; the result ``(..., n, n)`` has
     ``J[..., i, j]`` :math:`= \partial s_i / \partial z_j`.
     """
     checks.tensor("s", s, floating=True, ndim=None)
@@ -54,7 +54,7 @@ def softmax_jacobian(s: torch.Tensor) -> torch.Tensor:
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tensor:
     r"""A ``(T, T)`` boolean mask, True where query :math:`t` may attend to key :math:`u`, i.e.
-    :math:`u \le t` (lower triangle, diagonal included). Chapter 5 applies it *before* the softmax."""
+    :math:`u \le t` (lower triangle, diagonal included). Chapter 6 applies it *before* the softmax."""
     checks.positive_number("T", T, integer=True)
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
@@ -64,7 +64,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  scale: float | None = None, dropout_p: float = 0.0,
                                  return_weights: bool = False
                                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    r"""Attention :math:`\operatorname{softmax}\!\left(QK^\top/\sqrt{d_k} + M\right) V` (chapter 5).
+    r"""Attention :math:`\operatorname{softmax}\!\left(QK^\top/\sqrt{d_k} + M\right) V` (chapter 6).
 
     ``q`` is ``(..., T_q, d_k)``, ``k`` is ``(..., T_k, d_k)``, ``v`` is ``(..., T_k, d_v)``.
     ``mask`` (boolean, broadcastable to ``(..., T_q, T_k)``) marks the allowed pairs; disallowed
@@ -131,7 +131,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 def multi_head_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
                          w_out: torch.Tensor, b_out: torch.Tensor | None, n_head: int,
                          is_causal: bool = False) -> torch.Tensor:
-    r"""Multi-head self-attention (chapter 5):
+    r"""Multi-head self-attention (chapter 6):
 
     .. math:: [Q\,K\,V] = X W_{qkv}^\top + b_{qkv}, \quad
               \text{head}_i = \operatorname{softmax}\!\left(Q_i K_i^\top/\sqrt{d_h} + M\right) V_i,
@@ -163,7 +163,7 @@ def sinusoidal_positions(n_positions: int, d_model: int, base: float = 10000.0) 
 
     Each pair :math:`(2i, 2i+1)` rotates by the angle :math:`k\omega_i` when the position moves by
     :math:`k`, so :math:`PE_{p+k} = R_k\,PE_p` with :math:`R_k` independent of :math:`p`
-    (chapter 5 checks this). ``d_model`` must be even.
+    (chapter 6 checks this). ``d_model`` must be even.
     """
     checks.positive_number("n_positions", n_positions, integer=True)
     checks.positive_number("d_model", d_model, integer=True)
@@ -181,7 +181,7 @@ def sinusoidal_positions(n_positions: int, d_model: int, base: float = 10000.0) 
 def sinusoidal_rotation(k: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
     r"""The block-diagonal matrix :math:`R_k` with :math:`PE_{p+k} = R_k PE_p` for every :math:`p`:
     block :math:`i` is :math:`\begin{pmatrix}\cos k\omega_i & \sin k\omega_i \\ -\sin k\omega_i &
-    \cos k\omega_i\end{pmatrix}` acting on :math:`(\sin p\omega_i, \cos p\omega_i)` (chapter 5)."""
+    \cos k\omega_i\end{pmatrix}` acting on :math:`(\sin p\omega_i, \cos p\omega_i)` (chapter 6)."""
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     checks.positive_number("d_model", d_model, integer=True)
@@ -196,7 +196,7 @@ def sinusoidal_rotation(k: int, d_model: int, base: float = 10000.0) -> torch.Te
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                eps: float = 1e-5) -> torch.Tensor:
-    r"""Layer normalisation over the last dimension (Ba et al., 2016; chapter 5):
+    r"""Layer normalisation over the last dimension (Ba et al., 2016; chapter 6):
 
     .. math:: \mu = \frac1d\sum_j x_j, \quad \sigma^2 = \frac1d\sum_j (x_j-\mu)^2, \quad
               y = \gamma \odot \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}} + \beta.

@@ -1,4 +1,4 @@
-"""Simple text augmentation: new training messages made by editing old ones (chapter 8).
+"""Simple text augmentation: new training messages made by editing old ones (chapter 9).
 
 In the spirit of EDA (easy data augmentation, Wei and Zou 2019), with the edits that need no
 external resource: **random deletion** of words, **random swap** of two words, and **typos**

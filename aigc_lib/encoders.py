@@ -1,5 +1,5 @@
 """Pretrained sentence encoders, offline: loading all-MiniLM-L6-v2, tokenizing, mean pooling and
-sentence embeddings (chapter 8).
+sentence embeddings (chapter 9).
 
 A BERT-style encoder maps a message of :math:`T` tokens to :math:`T` vectors. A sentence
 embedding is one vector per message; all-MiniLM-L6-v2 was trained (as a Sentence-BERT model) to

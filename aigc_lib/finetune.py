@@ -1,4 +1,4 @@
-r"""Fine-tuning a causal language model on prompt → answer pairs (chapter 7).
+r"""Fine-tuning a causal language model on prompt → answer pairs (chapter 8).
 
 The pieces the source articles' script got wrong, each small and tested:
 
@@ -62,7 +62,7 @@ class Encoded:
 
 def collate_masked(examples: Sequence[tuple[Sequence[int], Sequence[int]]],
                    pad_id: int) -> Encoded:
-    r"""Pad ``(prompt_ids, answer_ids)`` pairs into an :class:`Encoded` batch (chapter 7).
+    r"""Pad ``(prompt_ids, answer_ids)`` pairs into an :class:`Encoded` batch (chapter 8).
 
     Row :math:`i` is ``prompt_ids + answer_ids`` followed by ``pad_id`` up to the longest row;
     ``attention_mask`` is 1 on its real tokens; ``labels`` copies the answer tokens and puts
@@ -119,7 +119,7 @@ def _pair(item, i: int) -> tuple[str, str]:
 
 def encode_dialogues(tokenizer, dialogues: Iterable, max_length: int,
                      max_answer_tokens: int | None = None, context: str = "") -> Encoded:
-    r"""Tokenise prompt → answer pairs for training or scoring (chapter 7).
+    r"""Tokenise prompt → answer pairs for training or scoring (chapter 8).
 
     Each pair becomes the prompt ``context + PROMPT_TEMPLATE.format(question=...)`` and the
     answer ``ANSWER_TEMPLATE.format(answer=...)`` plus the end-of-text token, which teaches the
@@ -157,7 +157,7 @@ def encode_dialogues(tokenizer, dialogues: Iterable, max_length: int,
 
 
 def few_shot_context(dialogues: Iterable) -> str:
-    r"""Worked examples to put in front of a prompt (few-shot prompting, chapter 7): each pair
+    r"""Worked examples to put in front of a prompt (few-shot prompting, chapter 8): each pair
     formatted exactly as in training, ``PROMPT_TEMPLATE + ANSWER_TEMPLATE``, followed by a blank
     line. Pass the result as ``context`` to :func:`encode_dialogues`."""
     pairs = [_pair(item, i) for i, item in enumerate(dialogues)]
@@ -188,7 +188,7 @@ def answer_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
 @torch.no_grad()
 def answer_nll(model: nn.Module, encoded: Encoded, batch_size: int = 32) -> tuple[float, int]:
     r"""Total negative log-likelihood (nats) of every answer token of ``encoded`` under
-    ``model``, and how many tokens that is (chapter 7):
+    ``model``, and how many tokens that is (chapter 8):
     :math:`\big(-\sum_{(i,t):\,y_{i,t}\ne-100}\log p(y_{i,t}\mid x_{i,<t}),\ \#\{\ldots\}\big)`.
     Summing over tokens before dividing weights every answer token equally, whatever batch or
     answer it sits in. The model is put in eval mode and restored afterwards."""
@@ -249,7 +249,7 @@ def freeze_all_but(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
 
 def load_causal_lm(source: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)`` of a causal language model through ``transformers``'
-    ``AutoModelForCausalLM`` and ``AutoTokenizer`` (chapter 7).
+    ``AutoModelForCausalLM`` and ``AutoTokenizer`` (chapter 8).
 
     ``source`` is a local model folder (e.g. :func:`aigc_lib.pretrained.small_gpt`) or a Hub
     name (``"gpt2"``). A Hub name needs the network or the local Hugging Face cache; when it
@@ -275,7 +275,7 @@ def load_causal_lm(source: str | os.PathLike, dtype: torch.dtype = torch.float32
 @torch.no_grad()
 def generate_answer(model: nn.Module, tokenizer, question: str, max_new_tokens: int = 48,
                     context: str = "") -> str:
-    """The model's greedy answer to ``question`` in the fine-tuning format (chapter 7): the
+    """The model's greedy answer to ``question`` in the fine-tuning format (chapter 8): the
     prompt ``context + PROMPT_TEMPLATE``, then the most likely token at each step until the
     end-of-text token or ``max_new_tokens``; returned without the prompt, stripped."""
     if not isinstance(question, str):

@@ -230,7 +230,7 @@ def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logv
 
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
                    ignore_index: int = -100) -> torch.Tensor:
-    r"""Next-token (shifted) language-model loss, in nats per scored token (chapters 5 and 6):
+    r"""Next-token (shifted) language-model loss, in nats per scored token (chapters 6 and 7):
 
     .. math:: \mathcal L = \frac{1}{|S|}\sum_{(b,t) \in S} -\log \operatorname{softmax}(z_{b,t})_{x_{b,t+1}},
 

@@ -104,14 +104,14 @@ def importance_sampled_nll(model: torch.nn.Module, x: torch.Tensor, k: int = 100
     return torch.cat(out).cpu()
 
 
-# ------------------------------------------------- bits per byte and compression (chapter 6)
+# ------------------------------------------------- bits per byte and compression (chapter 7)
 
 COMPRESSORS = ("gzip", "bz2", "xz")
 
 
 def bits_per_byte(total_nll_nats: float, n_bytes: int) -> float:
     r"""Code length per byte of text: :math:`\text{bpb} = \frac{-\sum_t \ln p(x_t \mid x_{<t})}
-    {\ln 2 \cdot n_\text{bytes}}` (chapter 6).
+    {\ln 2 \cdot n_\text{bytes}}` (chapter 7).
 
     A model that assigns the text probability :math:`p` can encode it in
     :math:`-\log_2 p` bits (arithmetic coding), whatever its tokens are; dividing by the text's
@@ -144,7 +144,7 @@ def compression_bits_per_byte(test: str | bytes, method: str, context: str | byt
     .. math:: \text{bpb} = 8\,\frac{|C(\text{context} + \text{test})| - |C(\text{context})|}
               {|\text{test}|}
 
-    with :math:`|C(\cdot)|` the compressed size in bytes (chapter 6). With the training text as
+    with :math:`|C(\cdot)|` the compressed size in bytes (chapter 7). With the training text as
     ``context`` this is the compressor's counterpart of a model's held-out bits per byte. How much
     of the context a compressor can use is its own limit: gzip's window is 32 KB, bz2 works in
     blocks of 900 KB, xz (LZMA, preset ``9e``) has a 64 MB dictionary. ``method`` is ``"gzip"``,
@@ -162,7 +162,7 @@ def compression_bits_per_byte(test: str | bytes, method: str, context: str | byt
     return 8 * (_compress(context_bytes + test_bytes, method) - base) / len(test_bytes)
 
 
-# ------------------------------------------------------------ calibration (chapter 9)
+# ------------------------------------------------------------ calibration (chapter 12)
 
 def calibration_bins(confidence: torch.Tensor, correct: torch.Tensor,
                      n_bins: int = 10) -> list[tuple[float, float, int]]:
@@ -196,7 +196,7 @@ def calibration_bins(confidence: torch.Tensor, correct: torch.Tensor,
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor,
                                n_bins: int = 10) -> float:
     r"""ECE :math:`= \sum_b \frac{n_b}{N}\,\lvert \mathrm{acc}_b - \mathrm{conf}_b\rvert` over
-    the bins of :func:`calibration_bins` (chapter 9): how far, on average over predictions,
+    the bins of :func:`calibration_bins` (chapter 12): how far, on average over predictions,
     the stated confidence is from the accuracy actually achieved at that confidence."""
     bins = calibration_bins(confidence, correct, n_bins)
     total = sum(count for _, _, count in bins)

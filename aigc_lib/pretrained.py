@@ -1,6 +1,6 @@
-r"""The book's own pretrained GPT: trained on first use, cached, shared (chapters 6 and 7).
+r"""The book's own pretrained GPT: trained on first use, cached, shared (chapters 7 and 8).
 
-No causal language model ships offline, so chapter 6 pretrains one on Python's documentation
+No causal language model ships offline, so chapter 7 pretrains one on Python's documentation
 (:func:`aigc_lib.data.python_docs`) and this module caches it. The first call of :func:`load` or
 :func:`small_gpt` trains it (fixed seeds and a fixed data order: bit for bit reproducible on the
 CPU; on a GPU fused kernels may round differently from run to run), later calls load it. A file lock makes parallel notebook runs wait for one training instead of racing.
@@ -78,7 +78,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                            dropout=0.0, steps=640, batch_size=8, lr=3e-3, warmup_steps=32,
                            min_lr_ratio=0.1, weight_decay=0.1, clip_grad_norm=1.0, eval_every=128),
     # the byte-level model is the same network with a 257-symbol vocabulary, trained for fewer
-    # steps: chapter 6 compares the two at equal training compute (170 byte-level steps cost a
+    # steps: chapter 7 compares the two at equal training compute (170 byte-level steps cost a
     # little more than the BPE model's first 128)
     ("byte", "cpu"): Recipe(vocab_size=257, n_layer=3, n_head=4, n_embd=128, block_size=128,
                             dropout=0.0, steps=170, batch_size=8, lr=3e-3, warmup_steps=8,
@@ -116,7 +116,7 @@ def heldout_bits_per_byte(model: gpt.GPT, tokenizer, text: str, stride: int | No
     r"""Bits per byte of ``text`` under ``model``: the text is tokenised with an end-of-text token
     in front, every token is scored (:func:`aigc_lib.models.gpt.sequence_nll`, windows advancing
     by ``stride``), and the total is divided by :math:`\ln 2` times the text's UTF-8 length
-    (:func:`aigc_lib.metrics.bits_per_byte`; chapter 6)."""
+    (:func:`aigc_lib.metrics.bits_per_byte`; chapter 7)."""
     if not isinstance(text, str) or not text:
         raise ValueError("text must be a non-empty str")
     nll, _ = gpt.sequence_nll(model, data.encode(tokenizer, text), stride=stride)
@@ -213,7 +213,7 @@ def _read(path: Path, r: Recipe, trained_now: bool, device: str | None) -> Pretr
 def load(tokenizer: str = "bpe", profile: str | None = None, progress: bool = True,
          device: str | None = None) -> Pretrained:
     """The pretrained GPT for ``tokenizer`` (``"bpe"`` or ``"byte"``) and the run profile: loaded
-    from the cache, or trained by :func:`train` on first use and cached (chapter 6).
+    from the cache, or trained by :func:`train` on first use and cached (chapter 7).
 
     Training runs on :func:`aigc_lib.runtime.device` (the GPU when there is one) under a file
     lock, so parallel callers wait for one training; an interrupted training resumes from its
@@ -239,7 +239,7 @@ def load(tokenizer: str = "bpe", profile: str | None = None, progress: bool = Tr
 
 def small_gpt(tokenizer: str = "bpe", profile: str | None = None, progress: bool = True) -> Path:
     """The folder of the book's pretrained GPT in Hugging Face format, for
-    ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` (chapters 6–7);
+    ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` (chapters 7–8);
     trains and caches the model on first use (see :func:`load`).
 
     The folder holds ``config.json``, ``generation_config.json`` and ``model.safetensors`` (a

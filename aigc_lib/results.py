@@ -1,10 +1,10 @@
-"""What each chapter measured, kept for the verdict chapter (chapter 9).
+"""What each chapter measured, kept for the verdict chapter (chapter 12).
 
 Every chapter that compares a technique with a plain baseline ends by calling :func:`record`
 with one :class:`Comparison` per technique. The values are the ones its cells just measured and
 asserted; nothing is typed in. They are written as JSON to ``cache_dir("results")/<chapter>.json``
 (atomically, so a reader never sees half a file), together with the profile, the library version
-and the time of the run. Chapter 9 reads them back with :func:`ensure`, which
+and the time of the run. Chapter 12 reads them back with :func:`ensure`, which
 first executes any chapter whose record is missing or was made under another profile, and
 builds its gold-or-bubble table from them.
 

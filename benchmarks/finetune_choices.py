@@ -1,4 +1,4 @@
-"""How chapter 7's learning rates were chosen, and what LoRA's rank and targets change.
+"""How chapter 8's learning rates were chosen, and what LoRA's rank and targets change.
 
 Every method of the chapter is trained as the chapter trains it (same data, steps, batch size,
 seed, AdamW) for each learning rate of a small grid, and scored on the *validation* split; the

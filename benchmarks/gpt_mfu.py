@@ -1,12 +1,12 @@
-"""Tokens per second and model FLOPs utilisation (MFU) of the GPT training step (chapter 6).
+"""Tokens per second and model FLOPs utilisation (MFU) of the GPT training step (chapter 7).
 
     python benchmarks/gpt_mfu.py                    # GPT-2 small on CUDA (bf16, compile, SDPA)
-    python benchmarks/gpt_mfu.py --preset cpu-tiny  # chapter 6's cpu model: tokens/s only
-    python benchmarks/gpt_mfu.py --preset chapter-gpu  # chapter 6's gpu model
+    python benchmarks/gpt_mfu.py --preset cpu-tiny  # chapter 7's cpu model: tokens/s only
+    python benchmarks/gpt_mfu.py --preset chapter-gpu  # chapter 7's gpu model
 
 On the CPU it uses one thread unless ``--threads`` says otherwise.
 
-One training step is what ``aigc_lib.training.fit`` does for chapter 6: forward and loss under
+One training step is what ``aigc_lib.training.fit`` does for chapter 7: forward and loss under
 bf16 autocast, backward, gradient clipping, a fused AdamW step. FLOPs per token come from
 ``aigc_lib.models.gpt.flops_per_token`` (6 N_mm + 12 L T d, checked against PyTorch's FLOP
 counter in tests/test_gpt.py); MFU = achieved FLOP/s / the device's peak dense bf16 FLOP/s.
@@ -42,7 +42,7 @@ PRESETS = {
     # the GPU's tensor cores to be busy
     "gpt2-small": dict(config=dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12,
                                    n_embd=768), batch_size=32),
-    # chapter 6's models (aigc_lib.pretrained recipes; dropout left out)
+    # chapter 7's models (aigc_lib.pretrained recipes; dropout left out)
     "cpu-tiny": _chapter_preset("cpu"),
     "chapter-gpu": _chapter_preset("gpu"),
 }

@@ -1,4 +1,4 @@
-"""Attention parts (chapter 5): equal to PyTorch, gradient-checked, causal, and strict on input."""
+"""Attention parts (chapter 6): equal to PyTorch, gradient-checked, causal, and strict on input."""
 import math
 
 import pytest

@@ -1,5 +1,5 @@
 """Fine-tuning helpers: masked labels, the answer loss and perplexity (equal to transformers'
-own loss and to a hand count), partial freezing, and the loading path that chapter 7 uses for
+own loss and to a hand count), partial freezing, and the loading path that chapter 8 uses for
 both the book's GPT and gpt2 — here on a tiny random GPT-2 checkpoint saved to a local folder."""
 import math
 import os

@@ -1,4 +1,4 @@
-"""The chatterbot-corpus support dialogues of chapter 7: deterministic splits, no conversation
+"""The chatterbot-corpus support dialogues of chapter 8: deterministic splits, no conversation
 (or copy of one) in two splits, and errors that name the bad argument."""
 import pytest
 

@@ -1,4 +1,4 @@
-"""Chapter 6's text pieces: the corpus split, tokenizers, token windows, the Kneser–Ney n-gram
+"""Chapter 7's text pieces: the corpus split, tokenizers, token windows, the Kneser–Ney n-gram
 model, bits per byte and the compression baselines."""
 import bz2
 import lzma

@@ -1,4 +1,4 @@
-r"""A GPT in one readable file (chapter 5 builds it, chapter 6 pretrains it).
+r"""A GPT in one readable file (chapter 6 builds it, chapter 7 pretrains it).
 
 The architecture is GPT-2's (Radford et al., 2019): token and learned position embeddings, ``L``
 pre-LayerNorm blocks ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``, a final LayerNorm, and an
@@ -9,7 +9,7 @@ GPT-2 stores as ``Conv1D`` (``(in, out)`` instead of ``nn.Linear``'s ``(out, in)
 
 Two attention paths compute the same thing: ``"sdpa"`` calls PyTorch's fused
 ``scaled_dot_product_attention`` (FlashAttention on recent GPUs), ``"math"`` calls the
-written-out :func:`aigc_lib.attention.scaled_dot_product_attention` of chapter 5.
+written-out :func:`aigc_lib.attention.scaled_dot_product_attention` of chapter 6.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class GPT(nn.Module):
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""Draw one token per row of ``logits`` ``(B, V)``; returns ``(B, 1)`` ids (chapter 6).
+    r"""Draw one token per row of ``logits`` ``(B, V)``; returns ``(B, 1)`` ids (chapter 7).
 
     With temperature :math:`\tau > 0` the token is drawn from
     :math:`p_i \propto \exp(z_i/\tau)` restricted to the ``top_k`` largest logits (all when
@@ -203,7 +203,7 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     r"""Next-token cross-entropy of a window of ``tokens`` ``(B, T+1)``: the model reads positions
     :math:`0..T-1` and is scored on predicting :math:`1..T`,
     :math:`\frac{1}{BT}\sum_{b,t} -\log p_\theta(x_{b,t+1} \mid x_{b,\le t})` in nats. This is the
-    ``loss_fn`` that chapter 6 passes to ``aigc_lib.training.fit``; it equals
+    ``loss_fn`` that chapter 7 passes to ``aigc_lib.training.fit``; it equals
     ``aigc_lib.losses.causal_lm_loss(model(tokens), tokens)`` up to the last position's logits."""
     checks.tensor("tokens", tokens, ndim=2)
     if tokens.shape[1] < 2:
@@ -220,7 +220,7 @@ def sequence_nll(model: GPT, ids: torch.Tensor, stride: int | None = None,
                  batch_size: int = 16) -> tuple[float, int]:
     r"""Total negative log-likelihood (nats) of ``ids[1:]`` given what precedes, and the number of
     tokens scored: :math:`-\sum_{t\ge1}\log p_\theta(x_t \mid x_{<t})`, the code length of the
-    sequence after its first token (chapter 6 puts an end-of-text token first, so every token of
+    sequence after its first token (chapter 7 puts an end-of-text token first, so every token of
     the text is scored).
 
     Sequences longer than the context are scored in windows of ``block_size`` tokens that advance
@@ -267,7 +267,7 @@ def sequence_nll(model: GPT, ids: torch.Tensor, stride: int | None = None,
 
 
 def count_parameters(config: GPTConfig, embeddings: bool = True) -> int:
-    r"""Parameters of a GPT with tied input/output embeddings, by formula (chapter 5):
+    r"""Parameters of a GPT with tied input/output embeddings, by formula (chapter 6):
 
     .. math:: N = \underbrace{Vd + T_{max}d}_{\text{embeddings}} + L\,(12d^2 + 13d) + 2d,
 
@@ -283,7 +283,7 @@ def count_parameters(config: GPTConfig, embeddings: bool = True) -> int:
 
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> int:
-    r"""Matrix-multiply FLOPs per token of a forward (and backward) pass (chapter 5):
+    r"""Matrix-multiply FLOPs per token of a forward (and backward) pass (chapter 6):
 
     .. math:: C_\text{forward} = 2N_\text{mm} + 4 L T d, \qquad C_\text{train} = 3\,C_\text{forward}
               = 6N_\text{mm} + 12 L T d,

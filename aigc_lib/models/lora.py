@@ -1,4 +1,4 @@
-r"""LoRA: low-rank adaptation of a frozen linear layer, written out for teaching (chapter 7).
+r"""LoRA: low-rank adaptation of a frozen linear layer, written out for teaching (chapter 8).
 
 Hu et al. (2022) freeze a pretrained weight :math:`W_0 \in \mathbb R^{d_\text{out}\times
 d_\text{in}}` and learn a low-rank update :math:`\Delta W = \frac{\alpha}{r} B A` with
@@ -129,7 +129,7 @@ def _matches(name: str, targets: Iterable[str]) -> bool:
 def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0,
              targets: Iterable[str] = GPT2_ATTENTION) -> list[str]:
     r"""Freeze every parameter of ``model`` and replace each layer whose dotted name equals, or
-    ends with ``"." +`` one of ``targets``, by a :class:`LoRALinear` around it (chapter 7).
+    ends with ``"." +`` one of ``targets``, by a :class:`LoRALinear` around it (chapter 8).
 
     The default targets are GPT-2's attention projections ``attn.c_attn`` and ``attn.c_proj``,
     named alike in ``transformers``' ``GPT2LMHeadModel`` (``Conv1D``) and in
@@ -183,7 +183,7 @@ def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The LoRA matrices of ``model`` under the names ``peft`` saves them with
     (``base_model.model.<layer>.lora_A.weight`` and ``…lora_B.weight``), so that
     ``peft.set_peft_model_state_dict(peft_model, peft_state_dict(model))`` gives a ``peft``
-    model of the same configuration exactly these adapters (chapter 7)."""
+    model of the same configuration exactly these adapters (chapter 8)."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("model has no LoRA layers")

@@ -1,4 +1,4 @@
-r"""A count-based n-gram language model with interpolated Kneser–Ney smoothing (chapter 6).
+r"""A count-based n-gram language model with interpolated Kneser–Ney smoothing (chapter 7).
 
 The baseline the pretrained GPT must beat. For a history :math:`h` of the last :math:`n-1`
 symbols and :math:`h'` the same history without its oldest symbol,
