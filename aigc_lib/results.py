@@ -1,4 +1,4 @@
-"""What each chapter measured, kept for the verdict chapter (chapter 12).
+r"""What each chapter measured, kept for the verdict chapter (chapter 12).
 
 Every chapter that compares a technique with a plain baseline ends by calling :func:`record`
 with one :class:`Comparison` per technique. The values are the ones its cells just measured and
@@ -8,11 +8,19 @@ and the time of the run. Chapter 12 reads them back with :func:`ensure`, which
 first executes any chapter whose record is missing or was made under another profile, and
 builds its gold-or-bubble table from them.
 
-The *gain* of a technique is how much better than its baseline it is, as a ratio > 1 when it
-wins: ``baseline_value / value`` when lower is better (losses, NLL, distances), and
-``value / baseline_value`` when higher is better (accuracy, F1).
-"""
+Metrics differ in kind, so the *improvement* of a technique over its baseline is expressed in
+the form that is commensurable within each kind (:attr:`Comparison.kind`):
 
+- ``"log-loss"`` (NLL, bits per byte, log-perplexity): what the technique saves, in the metric's
+  own unit, :math:`b - v` (a ratio of two log-losses has no meaning);
+- ``"error"`` (error rate, Fréchet distance, calibration error: :math:`\ge 0`, lower is better):
+  the relative reduction :math:`(b - v)/b`;
+- ``"score"`` (accuracy, F1, precision, recall in :math:`[0, 1]`, higher is better): the relative
+  reduction of the error :math:`1 - s`, :math:`((1-b) - (1-v))/(1-b) = (v - b)/(1 - b)`.
+
+Improvements > 0 mean the technique wins; improvements of different kinds are never put on one
+axis as if they were the same quantity.
+"""
 from __future__ import annotations
 
 import json
@@ -30,16 +38,29 @@ from tqdm.auto import tqdm
 from aigc_lib import __version__, runtime
 
 _NUMBER_FIELDS = ("value", "baseline_value")
-_OPTIONAL_COSTS = ("trainable_params", "train_seconds", "train_flops")
+_OPTIONAL_COSTS = ("trainable_params", "train_seconds", "train_flops", "baseline_train_seconds",
+                   "inference_seconds", "baseline_inference_seconds")
+KINDS = ("log-loss", "error", "score")
 
 
 @dataclass(frozen=True)
 class Comparison:
     """One technique against its plain baseline, as measured in one chapter.
 
-    ``metric`` names the quantity and its unit (e.g. ``"test NLL (nats/image)"``);
-    ``lower_is_better`` says which way it points. Costs are optional: ``trainable_params``,
-    ``train_seconds`` (wall clock on the machine that ran the chapter) and ``train_flops``.
+    ``metric`` names the quantity and its unit (e.g. ``"test NLL (nats/image)"``); ``kind`` is
+    one of :data:`KINDS` (see the module docstring) and fixes which way the metric points. The
+    older ``lower_is_better`` may be given instead of ``kind`` (``True`` means ``"error"``,
+    ``False`` means ``"score"``) or beside it, when it must agree.
+
+    Optional fields:
+
+    - ``difference_interval``: a ``(low, high)`` interval for ``value - baseline_value``, with
+      ``interval_method`` saying how it was obtained (e.g. ``"paired bootstrap 95 %"``,
+      ``"min–max over 3 seeds"``); ``seeds``: how many training seeds ``value`` averages;
+    - costs: ``trainable_params``, ``train_seconds`` and ``baseline_train_seconds`` (wall clock
+      on the machine that ran the chapter), ``train_flops``, and ``inference_seconds`` /
+      ``baseline_inference_seconds`` (seconds to answer one request or make one sample);
+    - ``extrapolated``: the value is a forecast from a fit, not a measurement.
     """
 
     technique: str
@@ -47,10 +68,18 @@ class Comparison:
     metric: str
     value: float
     baseline_value: float
-    lower_is_better: bool
+    lower_is_better: bool | None = None
     trainable_params: int | None = None
     train_seconds: float | None = None
     train_flops: float | None = None
+    kind: str | None = None
+    difference_interval: tuple[float, float] | None = None
+    interval_method: str | None = None
+    seeds: int | None = None
+    baseline_train_seconds: float | None = None
+    inference_seconds: float | None = None
+    baseline_inference_seconds: float | None = None
+    extrapolated: bool = False
 
     def __post_init__(self) -> None:
         for name in ("technique", "baseline", "metric"):
@@ -58,35 +87,97 @@ class Comparison:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"{name} must be a non-empty string, got {text!r}")
         for name in _NUMBER_FIELDS:
-            number = getattr(self, name)
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(number).__name__}")
-            if not math.isfinite(number):
-                raise ValueError(f"{name} must be finite, got {number}")
-            object.__setattr__(self, name, float(number))
-        if not isinstance(self.lower_is_better, bool):
-            raise TypeError("lower_is_better must be a bool, "
-                            f"got {type(self.lower_is_better).__name__}")
+            object.__setattr__(self, name, _finite(name, getattr(self, name)))
+        object.__setattr__(self, "kind", self._resolve_kind())
+        object.__setattr__(self, "lower_is_better", self.kind != "score")
+        self._check_values()
         for name in _OPTIONAL_COSTS:
             cost = getattr(self, name)
-            if cost is None:
-                continue
-            if isinstance(cost, bool) or not isinstance(cost, (int, float)):
-                raise TypeError(f"{name} must be a number or None, got {type(cost).__name__}")
-            if not math.isfinite(cost) or cost < 0:
-                raise ValueError(f"{name} must be finite and >= 0, got {cost}")
+            if cost is not None and _finite(name, cost) < 0:
+                raise ValueError(f"{name} must be >= 0, got {cost}")
         if self.trainable_params is not None:
             object.__setattr__(self, "trainable_params", int(self.trainable_params))
+        self._check_interval()
+        if self.seeds is not None:
+            if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+                raise ValueError(f"seeds must be a positive int or None, got {self.seeds!r}")
+        if not isinstance(self.extrapolated, bool):
+            raise TypeError(f"extrapolated must be a bool, got {type(self.extrapolated).__name__}")
+
+    def _resolve_kind(self) -> str:
+        lib = self.lower_is_better
+        if lib is not None and not isinstance(lib, bool):
+            raise TypeError(f"lower_is_better must be a bool or None, got {type(lib).__name__}")
+        if self.kind is None:
+            if lib is None:
+                raise ValueError("give kind (one of 'log-loss', 'error', 'score') or "
+                                 "lower_is_better")
+            return "error" if lib else "score"
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if lib is not None and lib != (self.kind != "score"):
+            raise ValueError(f"kind={self.kind!r} contradicts lower_is_better={lib}")
+        return self.kind
+
+    def _check_values(self) -> None:
+        for name in _NUMBER_FIELDS:
+            number = getattr(self, name)
+            if self.kind == "error" and number < 0:
+                raise ValueError(f"{name} must be >= 0 for kind 'error' (an error rate or a "
+                                 f"distance), got {number}; use kind='log-loss' for a "
+                                 "log-likelihood")
+            if self.kind == "score" and not 0 <= number <= 1:
+                raise ValueError(f"{name} must lie in [0, 1] for kind 'score', got {number}")
+
+    def _check_interval(self) -> None:
+        interval = self.difference_interval
+        if interval is None:
+            if self.interval_method is not None:
+                raise ValueError("interval_method given without difference_interval")
+            return
+        if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+            raise TypeError("difference_interval must be a (low, high) pair, got "
+                            f"{interval!r}")
+        low, high = (_finite("difference_interval", v) for v in interval)
+        if low > high:
+            raise ValueError(f"difference_interval must have low <= high, got {interval!r}")
+        if not isinstance(self.interval_method, str) or not self.interval_method.strip():
+            raise ValueError("interval_method must say how difference_interval was obtained")
+        object.__setattr__(self, "difference_interval", (low, high))
+
+    @property
+    def improvement(self) -> float:
+        """How much better than the baseline, in the form that suits :attr:`kind`: the
+        baseline minus the value for a log-loss (in the metric's unit), the relative reduction
+        of the error for ``"error"`` and ``"score"``. Positive when the technique wins; ``nan``
+        when a relative reduction has a zero baseline error."""
+        b, v = self.baseline_value, self.value
+        if self.kind == "log-loss":
+            return b - v
+        base_error, error = (b, v) if self.kind == "error" else (1 - b, 1 - v)
+        if base_error == 0:
+            return math.nan if error == 0 else -math.inf
+        return (base_error - error) / base_error
+
+    @property
+    def improvement_unit(self) -> str:
+        """What :attr:`improvement` is measured in, for a table header or an axis label."""
+        if self.kind == "log-loss":
+            return f"saved ({self.metric})"
+        return "relative error reduction" if self.kind == "score" else "relative reduction"
 
     @property
     def gain(self) -> float:
-        """How many times better than the baseline (> 1 means the technique wins).
+        """How many times better than the baseline (> 1 means the technique wins):
+        ``baseline_value / value`` if lower is better, else ``value / baseline_value``.
 
-        ``baseline_value / value`` if lower is better, else ``value / baseline_value``; ``inf``
-        when the denominator is 0 and the numerator is not.
-        """
+        Only meaningful within one metric; across metrics use :attr:`improvement`. ``inf`` when
+        the denominator is 0 and the numerator is not; ``nan`` when the ratio is undefined
+        (a log-loss of either sign)."""
         num, den = ((self.baseline_value, self.value) if self.lower_is_better
                     else (self.value, self.baseline_value))
+        if num < 0 or den < 0:
+            return math.nan
         if den == 0:
             return math.inf if num > 0 else 1.0
         return num / den
@@ -97,6 +188,23 @@ class Comparison:
         if self.lower_is_better:
             return self.value < self.baseline_value
         return self.value > self.baseline_value
+
+    @property
+    def beats_baseline_surely(self) -> bool | None:
+        """Whether the interval of the difference lies entirely on the winning side of 0;
+        ``None`` when no interval was recorded."""
+        if self.difference_interval is None:
+            return None
+        low, high = self.difference_interval
+        return high < 0 if self.lower_is_better else low > 0
+
+
+def _finite(name: str, number: object) -> float:
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(number).__name__}")
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return float(number)
 
 
 @dataclass(frozen=True)
@@ -160,7 +268,8 @@ def load(chapter: str) -> Record | None:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
         names = {f.name for f in fields(Comparison)}
-        comparisons = tuple(Comparison(**{k: v for k, v in c.items() if k in names})
+        comparisons = tuple(Comparison(**{k: (tuple(v) if isinstance(v, list) else v)
+                                          for k, v in c.items() if k in names})
                             for c in payload["comparisons"])
         return Record(chapter=payload["chapter"], comparisons=comparisons,
                       profile=payload["profile"], library_version=payload["library_version"],

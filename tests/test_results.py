@@ -140,3 +140,46 @@ def test_ensure_errors_name_the_chapter(tmp_path):
         results.ensure(["94_broken"], book)
     with pytest.raises(ValueError, match="book_dir"):
         results.ensure(["92_absent"], tmp_path / "nowhere")
+
+
+def test_improvement_is_commensurable_within_each_kind():
+    bpb = Comparison("GPT", "xz", "bits per byte", 1.9, 1.6, kind="log-loss")
+    assert bpb.improvement == pytest.approx(-0.3) and not bpb.beats_baseline
+    assert bpb.lower_is_better is True and bpb.improvement_unit.startswith("saved")
+    fd = Comparison("GAN", "pixels", "Fréchet distance", 3.0, 30.0, kind="error")
+    assert fd.improvement == pytest.approx(0.9)
+    f1 = Comparison("MiniLM", "TF-IDF", "macro-F1", 0.9, 0.8, kind="score")
+    assert f1.improvement == pytest.approx(0.5)          # error 0.2 -> 0.1: half the errors
+    assert f1.lower_is_better is False
+    # the old flag maps onto the kinds, and the two must agree when both are given
+    assert Comparison("a", "b", "err", 0.1, 0.2, lower_is_better=True).kind == "error"
+    with pytest.raises(ValueError, match="contradicts"):
+        Comparison("a", "b", "acc", 0.9, 0.8, kind="score", lower_is_better=True)
+
+
+@pytest.mark.parametrize("row, message", [
+    (dict(kind="error", value=-1.0), "must be >= 0 for kind 'error'"),
+    (dict(kind="score", lower_is_better=None, value=1.5, baseline_value=0.5),
+     r"must lie in \[0, 1\]"),
+    (dict(kind="entropy"), "kind must be one of"),
+    (dict(kind=None, lower_is_better=None), "give kind"),
+    (dict(difference_interval=(1.0, -1.0), interval_method="bootstrap"), "low <= high"),
+    (dict(difference_interval=(-1.0, 1.0)), "interval_method"),
+    (dict(interval_method="bootstrap"), "without difference_interval"),
+    (dict(seeds=0), "seeds must be"),
+    (dict(inference_seconds=-1.0), "inference_seconds must be >= 0"),
+])
+def test_values_whose_improvement_is_undefined_are_refused(row, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        vae_row(**row)
+
+
+def test_interval_round_trips_and_says_whether_the_win_is_sure():
+    sure = vae_row(difference_interval=(-8.0, -6.0), interval_method="min–max over 3 seeds",
+                   seeds=3, inference_seconds=0.01, extrapolated=True)
+    unsure = vae_row(technique="VAE, beta=4", difference_interval=(-1.0, 0.5),
+                     interval_method="paired bootstrap 95 %")
+    assert sure.beats_baseline_surely is True and unsure.beats_baseline_surely is False
+    assert vae_row().beats_baseline_surely is None
+    results.record("03_vae", [sure, unsure])
+    assert results.load("03_vae").comparisons == (sure, unsure)
