@@ -1,5 +1,6 @@
 """Evaluation metrics used across chapters: accuracy; the likelihood estimates of the VAE chapter
-(chapter 3); the Fréchet distance and the mode coverage of the GAN chapter (chapter 4)."""
+(chapter 3); the Fréchet distance and the mode coverage of the GAN chapter (chapter 4);
+calibration and bootstrap intervals (chapters 8, 9, 12)."""
 
 from __future__ import annotations
 
@@ -312,3 +313,87 @@ def mode_coverage(samples: torch.Tensor, centers: torch.Tensor, std: float,
     return ModeCoverage(modes_covered=int((counts >= min_count).sum()), n_modes=len(centers),
                         high_quality=float(good.double().mean()),
                         counts=tuple(int(c) for c in counts))
+
+
+# --- Spreads: bootstrap intervals over a test set (chapters 8, 9, 12) -----------------------------
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic on the full sample and its bootstrap ``confidence`` interval."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+
+    def excludes(self, value: float = 0.0) -> bool:
+        """True when ``value`` lies outside ``[low, high]``."""
+        return not self.low <= value <= self.high
+
+    def __str__(self) -> str:
+        return (f"{self.estimate:.4g} [{self.low:.4g}, {self.high:.4g}] "
+                f"({self.confidence:.0%} bootstrap)")
+
+
+def _bootstrap_inputs(arrays: tuple) -> tuple:
+    if not arrays:
+        raise ValueError("arrays: give at least one array (the per-example data)")
+    out = []
+    for i, a in enumerate(arrays):
+        if not isinstance(a, torch.Tensor):
+            a = torch.as_tensor(a)
+        if a.ndim == 0:
+            raise ValueError(f"arrays[{i}] must have a first dimension (one row per example), "
+                             f"got a scalar")
+        out.append(a)
+    sizes = {len(a) for a in out}
+    if len(sizes) != 1:
+        raise ValueError(f"arrays must share their first dimension (paired examples), got "
+                         f"lengths {[len(a) for a in out]}")
+    if sizes == {0}:
+        raise ValueError("arrays must not be empty")
+    return tuple(out)
+
+
+def bootstrap_ci(statistic, *arrays, n_resamples: int = 1000, confidence: float = 0.95,
+                 seed: int = 0) -> Interval:
+    r"""Percentile bootstrap interval of ``statistic(*arrays)`` over the examples.
+
+    The examples (rows of every array, *paired*: one index draws row :math:`i` of each) are
+    resampled with replacement ``n_resamples`` times; the interval is the
+    :math:`(1-c)/2` and :math:`(1+c)/2` quantiles of the statistic over the resamples
+    (Efron and Tibshirani 1993). For a difference between two models scored on the same test
+    set, let ``statistic`` return the difference (see :func:`paired_bootstrap_difference`):
+    resampling the pairs keeps the correlation between the two scores, which makes the interval
+    of the difference much narrower than two separate intervals would suggest. Only the test
+    sample varies here; when training varies too, use seeds.
+    """
+    if not callable(statistic):
+        raise TypeError(f"statistic must be callable, got {type(statistic).__name__}")
+    checks.positive_number("n_resamples", n_resamples, integer=True)
+    checks.positive_number("confidence", confidence)
+    if not confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    checks.positive_number("seed", seed, integer=True, allow_zero=True)
+    arrays = _bootstrap_inputs(arrays)
+    n = len(arrays[0])
+    estimate = float(statistic(*arrays))
+    rng = torch.Generator().manual_seed(seed)
+    values = torch.tensor([float(statistic(*(a[idx] for a in arrays)))
+                           for idx in torch.randint(0, n, (n_resamples, n), generator=rng)],
+                          dtype=torch.float64)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("statistic returned NaN or infinite values on a resample")
+    tail = (1 - confidence) / 2
+    low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    return Interval(estimate, float(low), float(high), float(confidence))
+
+
+def paired_bootstrap_difference(metric, targets, predictions_a, predictions_b,
+                                **kwargs) -> Interval:
+    """Bootstrap interval of ``metric(targets, a) - metric(targets, b)`` over the test examples,
+    resampling the (target, a, b) triples together (:func:`bootstrap_ci`)."""
+    if not callable(metric):
+        raise TypeError(f"metric must be callable, got {type(metric).__name__}")
+    return bootstrap_ci(lambda y, a, b: metric(y, a) - metric(y, b), targets, predictions_a,
+                        predictions_b, **kwargs)
