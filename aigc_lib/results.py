@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -216,6 +216,7 @@ class Record:
     profile: str
     library_version: str
     created: float
+    extras: dict = field(default_factory=dict)
 
     @property
     def age_seconds(self) -> float:
@@ -235,12 +236,21 @@ def _path(chapter: str) -> Path:
     return runtime.cache_dir("results") / f"{_chapter_name(chapter)}.json"
 
 
-def record(chapter: str, comparisons: list[Comparison]) -> Path:
+def record(chapter: str, comparisons: list[Comparison], extras: dict | None = None) -> Path:
     """Save ``comparisons`` measured by ``chapter`` (e.g. ``"03_vae"``); returns the file.
 
+    ``extras`` holds further measurements that later chapters read (curves, per-example
+    confidences): a dict of JSON values (numbers, strings, lists, dicts with string keys).
     Replaces what an earlier run of the same chapter saved. The write is atomic.
     """
     path = _path(chapter)
+    extras = {} if extras is None else extras
+    if not isinstance(extras, dict) or not all(isinstance(k, str) for k in extras):
+        raise TypeError("extras must be a dict with string keys")
+    try:
+        json.dumps(extras, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"extras must hold finite JSON values only ({err})") from err
     if not isinstance(comparisons, (list, tuple)) or not comparisons:
         raise ValueError("comparisons must be a non-empty list of Comparison")
     for i, item in enumerate(comparisons):
@@ -248,7 +258,7 @@ def record(chapter: str, comparisons: list[Comparison]) -> Path:
             raise TypeError(f"comparisons[{i}] must be a Comparison, got {type(item).__name__}")
     payload = {"chapter": chapter, "profile": runtime.profile(),
                "library_version": __version__, "created": time.time(),
-               "comparisons": [asdict(c) for c in comparisons]}
+               "comparisons": [asdict(c) for c in comparisons], "extras": extras}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{chapter}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -273,7 +283,8 @@ def load(chapter: str) -> Record | None:
                             for c in payload["comparisons"])
         return Record(chapter=payload["chapter"], comparisons=comparisons,
                       profile=payload["profile"], library_version=payload["library_version"],
-                      created=float(payload["created"]))
+                      created=float(payload["created"]),
+                      extras=dict(payload.get("extras", {})))
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"{path} is not a results record written by aigc_lib.results.record "
                          f"({err}); delete it and re-run chapter {chapter}") from err

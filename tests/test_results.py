@@ -183,3 +183,16 @@ def test_interval_round_trips_and_says_whether_the_win_is_sure():
     assert vae_row().beats_baseline_surely is None
     results.record("03_vae", [sure, unsure])
     assert results.load("03_vae").comparisons == (sure, unsure)
+
+
+def test_extras_round_trip_and_must_be_json():
+    curve = {"labels_per_class": [4, 8], "f1": {"TF-IDF": [0.5, 0.6]}}
+    results.record("09_finetuning_classifier", [vae_row()], extras={"learning_curve": curve})
+    assert results.load("09_finetuning_classifier").extras == {"learning_curve": curve}
+    assert results.load("09_finetuning_classifier").extras is not None
+    results.record("03_vae", [vae_row()])
+    assert results.load("03_vae").extras == {}
+    with pytest.raises(ValueError, match="finite JSON"):
+        results.record("03_vae", [vae_row()], extras={"x": float("nan")})
+    with pytest.raises(TypeError, match="string keys"):
+        results.record("03_vae", [vae_row()], extras={1: 2})
