@@ -10,7 +10,8 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``training``    ``fit``: the training loop, with history, clipping, NaN guard and resume
 - ``viz``         history plots, image grids, results tables
 - ``data``        offline datasets with fixed splits
-- ``metrics``     evaluation metrics
+- ``metrics``     evaluation metrics, calibration, bootstrap intervals
+- ``judge``       the digit classifier that scores generated digits (chapters 3–5)
 - ``optim``       optimisers written out for teaching, learning-rate schedules
 - ``models``      the models built in the book (a package: one module per model)
 - ``results``     what each chapter measured, recorded for the verdict chapter
