@@ -17,27 +17,28 @@ $(STAMP): pyproject.toml tools/install_torch.sh
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-# Execute every chapter (cached by jupyter-cache under _build/.jupyter_cache) and build
-# HTML into _build/html. -W turns warnings into errors; execution errors fail the build.
-# tools/book_cache_key.py wipes that cache when aigc_lib, the dependencies or the profile change.
-book: $(STAMP)
+# Execute every chapter once, in parallel (one worker per core; BOOK_JOBS=N to choose), into the
+# book's execution cache (_build/.jupyter_cache): tools/execute_book.py. This is the notebook
+# test: a failing chapter fails it with the cell and its error shown. Chapters that read other
+# chapters' records run after them. tools/book_cache_key.py first wipes the cache when aigc_lib,
+# the installed dependencies or the profile change, so no chapter keeps outputs of older code.
+notebooks: $(STAMP)
 	$(PY) tools/book_cache_key.py
-	$(JB) build . -W -n --keep-going
+	tools/timed.sh notebooks $(PY) tools/execute_book.py
 
-# Everything CI checks; any failing part fails `make test`.
-test: unit notebooks book browser
+# Build the HTML into _build/html from that cache: `jupyter-book build . -W -n --keep-going`
+# (warnings fail it). tools/build_book.py fails if the build had to execute a chapter itself.
+book: notebooks
+	tools/timed.sh build $(PY) tools/build_book.py
+
+# Everything CI checks; any failing part fails `make test`. Each chapter executes once.
+test: unit book browser
 
 unit: $(STAMP)
-	$(PY) tools/pytest_strict.py tests -m "not browser" -n 2
-
-# The verdict chapter reads what the other chapters recorded, so it runs after them.
-VERDICT := book/12_gold_or_bubble.ipynb
-notebooks: $(STAMP)
-	$(PY) tools/pytest_strict.py --nbmake -n 2 book/ --ignore=$(VERDICT)
-	$(PY) tools/pytest_strict.py --nbmake $(VERDICT)
+	tools/timed.sh unit $(PY) tools/pytest_strict.py tests -m "not browser and not built" -n 2
 
 browser: $(STAMP)
-	$(PY) tools/pytest_strict.py tests -m browser
+	tools/timed.sh browser $(PY) tools/pytest_strict.py tests -m "browser or built"
 
 # Re-pair every chapter after editing its .md (the .md is the source of truth).
 sync: $(STAMP)

