@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -307,26 +308,55 @@ NotebookClient(nb, timeout=timeout, kernel_name="python3",
 """
 
 
+def packaged_notebooks() -> Path | None:
+    """The folder of the book's chapter notebooks that came with the library: ``notebooks/``
+    inside the installed package (a wheel, e.g. in Colab), or ``book/`` beside it in a clone of
+    the repository (an editable install); ``None`` if neither exists."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "notebooks", here.parent / "book"):
+        if any(folder.glob("[0-9][0-9]_*.ipynb")):
+            return folder
+    return None
+
+
+def _notebook(chapter: str, book: Path) -> tuple[Path, Path]:
+    """Where to run ``chapter`` from: ``book`` if its notebook is there, else a copy of the
+    packaged notebooks in ``cache_dir("notebooks")`` (so the chapter finds its neighbours and
+    writes nothing into the installed package)."""
+    if (book / f"{chapter}.ipynb").exists():
+        return book / f"{chapter}.ipynb", book
+    shipped = packaged_notebooks()
+    if shipped is None or not (shipped / f"{chapter}.ipynb").exists():
+        raise FileNotFoundError(f"chapter {chapter} has recorded nothing under profile "
+                                f"{runtime.profile()!r}, and neither {book} nor the installed "
+                                "aigc_lib holds its notebook; run that chapter first")
+    copies = runtime.cache_dir("notebooks")
+    for source in shipped.glob("[0-9][0-9]_*.ipynb"):
+        shutil.copyfile(source, copies / source.name)
+    return copies / f"{chapter}.ipynb", copies
+
+
 def ensure(chapters: list[str], book_dir: str | os.PathLike,
            timeout: int = 900) -> dict[str, Record]:
-    """Every chapter's record, executing ``book_dir/<chapter>.ipynb`` first where it is missing.
+    """Every chapter's record, executing the chapter's notebook first where it is missing.
 
-    A record made under another profile counts as missing. The notebooks run one after the other
-    in a separate process (as ``pytest --nbmake`` would run them); a failing notebook raises
+    A record made under another profile counts as missing. The notebook is
+    ``book_dir/<chapter>.ipynb`` when it exists; otherwise the copy that ships with the library
+    (:func:`packaged_notebooks`), so a chapter opened alone — in Colab, say — can still gather
+    what it needs. The notebooks run one after the other, in the book's order, each in a
+    separate process (as ``pytest --nbmake`` would run them); a failing notebook raises
     ``RuntimeError`` with the end of its error output.
     """
     records = load_all(chapters)
     book = Path(book_dir)
     if not book.is_dir():
         raise ValueError(f"book_dir must be an existing folder, got {str(book)!r}")
-    todo = [c for c, r in records.items() if r is None or r.profile != runtime.profile()]
+    todo = sorted(c for c, r in records.items() if r is None or r.profile != runtime.profile())
     for chapter in tqdm(todo, desc="running chapters without a record", disable=not todo):
-        notebook = book / f"{chapter}.ipynb"
-        if not notebook.exists():
-            raise FileNotFoundError(f"chapter {chapter} has recorded nothing under profile "
-                                    f"{runtime.profile()!r} and {notebook} does not exist; "
-                                    "run that chapter first")
-        done = subprocess.run([sys.executable, "-c", _RUN_NOTEBOOK, str(notebook), str(book),
+        notebook, folder = _notebook(chapter, book)
+        tqdm.write(f"results.ensure: executing {notebook.name} (nothing recorded under profile "
+                   f"{runtime.profile()!r} on this machine yet)")
+        done = subprocess.run([sys.executable, "-c", _RUN_NOTEBOOK, str(notebook), str(folder),
                                str(timeout)], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"executing {notebook} failed:\n{done.stderr[-3000:]}")

@@ -151,6 +151,10 @@ def test_a_wheel_builds(tmp_path):
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
     assert "aigc_lib/training.py" in names and "aigc_lib/losses.py" in names
+    # a chapter opened alone (Colab) runs the chapters it reads from these copies
+    # (aigc_lib.results.packaged_notebooks)
+    assert {f"aigc_lib/notebooks/{md.stem}.ipynb" for md in CHAPTERS} <= set(names)
+    assert "aigc_lib/models/gpt.py" in names
 
 
 def test_readme_shows_the_two_commands_and_ci_runs_make_test():
@@ -176,3 +180,4 @@ def test_book_cache_is_wiped_when_the_key_changes(tmp_path, monkeypatch):
     assert not bck.refresh("a") and bck.CACHE.exists() and bck.DOCTREES.exists()
     assert bck.refresh("b") and not bck.DOCTREES.exists()
     assert len(bck.current_key()) == 64
+

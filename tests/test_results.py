@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +197,26 @@ def test_extras_round_trip_and_must_be_json():
         results.record("03_vae", [vae_row()], extras={"x": float("nan")})
     with pytest.raises(TypeError, match="string keys"):
         results.record("03_vae", [vae_row()], extras={1: 2})
+
+
+def test_ensure_falls_back_to_the_notebooks_shipped_with_the_library(tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    tiny_chapter(shipped, "90_tiny", RECORDING)
+    tiny_chapter(shipped, "89_neighbour", "x = 1")
+    monkeypatch.setattr(results, "packaged_notebooks", lambda: shipped)
+    alone = tmp_path / "colab"          # a folder with nothing but the chapter that asks
+    alone.mkdir()
+    got = results.ensure(["90_tiny"], alone)
+    assert got["90_tiny"].comparisons[0].value == 1.0
+    copies = tmp_path / "notebooks"      # run from a copy, neighbours included
+    assert sorted(p.name for p in copies.glob("*.ipynb")) == ["89_neighbour.ipynb",
+                                                             "90_tiny.ipynb"]
+
+
+def test_the_library_ships_every_chapter_notebook():
+    folder = results.packaged_notebooks()
+    assert folder is not None
+    book = Path(__file__).resolve().parents[1] / "book"
+    assert sorted(p.name for p in folder.glob("[0-9][0-9]_*.ipynb")) == \
+        sorted(p.name for p in book.glob("[0-9][0-9]_*.ipynb"))
