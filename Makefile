@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JB     := $(VENV)/bin/jupyter-book
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book test unit notebooks book-strict browser lint clean sync
+.PHONY: install book test unit notebooks browser clean sync colab-check
 
 install: $(STAMP)
 
@@ -39,6 +39,12 @@ unit: $(STAMP)
 
 browser: $(STAMP)
 	tools/timed.sh browser $(PY) tools/pytest_strict.py tests -m "browser or built"
+
+# Run one chapter as Colab does: alone in an empty folder, from the built wheel in a bare
+# virtual environment, with an empty cache (default: the verdict, which runs what it reads).
+CHAPTER ?= 12_gold_or_bubble
+colab-check: $(STAMP)
+	$(PY) tools/colab_check.py $(CHAPTER)
 
 # Re-pair every chapter after editing its .md (the .md is the source of truth).
 sync: $(STAMP)
