@@ -7,7 +7,9 @@ saves a screenshot to _build/screenshots/ and asserts that:
   - every image loaded,
   - every embedded ipywidget rendered,
   - no cell output shows a traceback or an error,
-  - every resource came from the local server (the book renders offline).
+  - every resource came from the local server (the book renders offline),
+  - nothing scrolls sideways at a 1280-px-wide window: no code cell, output or table is wider
+    than its box (`scrollWidth <= clientWidth`).
 """
 import functools
 import http.server
@@ -25,9 +27,10 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
+WIDTH = 1280   # the reader's window width (px) at which every page must fit
 CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,1600"]
+                "--disable-dev-shm-usage", f"--window-size={WIDTH},1600"]
 
 
 def toc_pages() -> list[str]:
@@ -116,6 +119,12 @@ return [bad.length, texts];
 
 RESOURCES = "return performance.getEntriesByType('resource').map(r => r.name);"
 
+TOO_WIDE = """
+return Array.from(document.querySelectorAll('article pre, article table'))
+  .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
+  .map(e => [e.tagName, e.scrollWidth, e.clientWidth, e.innerText.slice(0, 70)]);
+"""
+
 
 @pytest.mark.parametrize("page", toc_pages())
 def test_page_renders_offline(page, server, browser):
@@ -127,11 +136,14 @@ def test_page_renders_offline(page, server, browser):
     browser.execute_async_script("const d = arguments[0]; setTimeout(d, 500);")
 
     height = min(browser.execute_script("return document.body.scrollHeight"), 15000)
-    browser.set_window_size(1280, max(height, 800))
+    browser.set_window_size(WIDTH, max(height, 800))
     SHOTS.mkdir(parents=True, exist_ok=True)
     shot = SHOTS / (page.replace("/", "__") + ".png")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    browser.set_window_size(1280, 1600)
+    browser.set_window_size(WIDTH, 1600)
+    assert browser.execute_script("return window.innerWidth") == WIDTH
+    too_wide = browser.execute_script(TOO_WIDE)
+    assert not too_wide, f"{page}: scrolls sideways at {WIDTH} px: {too_wide[:5]}"
 
     text = browser.execute_script(TEXT_OUTSIDE_CODE)
     raw = [token for token in ("$$", "\\(", "\\[", "\\begin{") if token in text]

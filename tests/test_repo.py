@@ -181,3 +181,13 @@ def test_book_cache_is_wiped_when_the_key_changes(tmp_path, monkeypatch):
     assert bck.refresh("b") and not bck.DOCTREES.exists()
     assert len(bck.current_key()) == 64
 
+    # the pages are written anew (static files copied) when the look of the book changes,
+    # without touching the execution cache
+    for name in ("HTML", "HTML_STAMP"):
+        monkeypatch.setattr(bck, name, tmp_path / getattr(bck, name).name)
+    bck.CACHE.mkdir()
+    bck.HTML.mkdir()
+    assert bck.refresh_html("x") and not bck.HTML.exists() and bck.CACHE.exists()
+    bck.HTML.mkdir()
+    assert not bck.refresh_html("x") and bck.HTML.exists()
+    assert bck.refresh_html(bck.html_key()) and len(bck.html_key()) == 64

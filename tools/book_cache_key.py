@@ -6,6 +6,10 @@ Outputs also depend on the aigc_lib sources, the installed dependencies and the 
 last build, wipes _build/.jupyter_cache and Sphinx's saved environment (_build/.doctrees):
 without the latter Sphinx would not even re-read the unchanged chapters, and the HTML would
 keep the outputs of the older code.
+
+The look of the pages has a key of its own: Sphinx copies `book/_static` and re-renders
+unchanged pages only when it writes them, so when the static files or `_config.yml` change this
+script removes `_build/html` (not the execution cache), and the next build writes every page anew.
 """
 import hashlib
 import shutil
@@ -17,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "_build" / ".jupyter_cache"
 DOCTREES = ROOT / "_build" / ".doctrees"
 STAMP = ROOT / "_build" / ".jupyter_cache.key"
+HTML = ROOT / "_build" / "html"
+HTML_STAMP = ROOT / "_build" / ".html.key"
 
 
 def current_key() -> str:
@@ -47,5 +53,28 @@ def refresh(key: str) -> bool:
     return wiped
 
 
+def html_key() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "book" / "_static").rglob("*")) + [ROOT / "_config.yml"]:
+        if path.is_file():
+            digest.update(path.relative_to(ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def refresh_html(key: str) -> bool:
+    """Remove the built HTML unless ``key`` matches its stamp; record ``key``."""
+    if HTML_STAMP.exists() and HTML_STAMP.read_text() == key:
+        return False
+    wiped = HTML.exists()
+    if wiped:
+        print("book cache: static files or _config.yml changed; the pages will be written anew")
+        shutil.rmtree(HTML, ignore_errors=True)
+    HTML_STAMP.parent.mkdir(parents=True, exist_ok=True)
+    HTML_STAMP.write_text(key)
+    return wiped
+
+
 if __name__ == "__main__":
     refresh(current_key())
+    refresh_html(html_key())
