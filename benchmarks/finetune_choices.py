@@ -46,7 +46,7 @@ def main() -> None:
     base, tok = finetune.load_causal_lm(source)
     length = min(base.config.n_positions, 256)
     enc = {s: finetune.encode_dialogues(tok, data.support_dialogues(s), length, length // 2)
-           for s in ("train", "validation")}
+           for s in ("train", "val")}
 
     def model_for(method: str, r: int = 8, targets=lora.GPT2_ATTENTION):
         runtime.seed_everything(0)
@@ -66,7 +66,7 @@ def main() -> None:
         history = fit(model, enc["train"].tensors(), loss_fn=finetune.answer_loss,
                       optimizer=torch.optim.AdamW(params, lr=lr), steps=args.steps,
                       batch_size=8, seed=0, progress=False)
-        val = finetune.answer_perplexity(model, enc["validation"])
+        val = finetune.answer_perplexity(model, enc["val"])
         trainable = costs.count_parameters(model, trainable_only=True)
         print(f"{name:<22} {lr:<8.0e} {val:8.1f} {trainable:>10,} "
               f"{history.seconds:7.1f}", flush=True)
