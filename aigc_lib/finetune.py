@@ -461,6 +461,20 @@ def freeze_all_but(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
     return trainable
 
 
+def last_block_prefixes(model: nn.Module) -> list[str]:
+    """Parameter-name prefixes of the last Transformer block, the final norm and the output
+    layer, for :func:`freeze_all_but`: GPT-2 (``transformer.h``) or Llama-style
+    (``model.layers``) models (chapter 8)."""
+    for blocks, norm in (("transformer.h", "transformer.ln_f"), ("model.layers", "model.norm")):
+        try:
+            layers = model.get_submodule(blocks)
+        except AttributeError:
+            continue
+        return [f"{blocks}.{len(layers) - 1}.", norm, "lm_head"]
+    raise ValueError(f"model {type(model).__name__} has neither GPT-2's transformer.h nor "
+                     f"Llama's model.layers; choose the prefixes yourself")
+
+
 # ---------------------------------------------------------------------- loading and answering
 
 def _offline() -> bool:

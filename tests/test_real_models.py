@@ -49,6 +49,9 @@ def test_the_chapter_path_runs_end_to_end(kind, tmp_path):
     report = preference.evaluate_pairs(sft, pairs, beta=0.1)
     assert history.step_losses[-1] < history.step_losses[0] and report.reward_accuracy > 0.5
     assert torch.all(preference.token_kl(sft, reference, pairs.chosen) >= 0)
+    last = copy.deepcopy(model)
+    names = finetune.freeze_all_but(last, finetune.last_block_prefixes(last))
+    assert any(".1." in n for n in names) and not any(".0." in n for n in names)
     merged = sft.merge_and_unload()
     assert type(merged) is type(model)
     assert time.perf_counter() - start < 30             # both architectures in under 60 s
