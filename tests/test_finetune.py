@@ -91,7 +91,7 @@ def test_encode_chats_and_loss_equal_trl_sft_trainer(gpt2_folder, tmp_path):
     conversations = multi_turn()
     max_length = len(finetune.tokenize_chat(tok, conversations[2])[0]) - 3
     args = trl.SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True,
-                         max_length=max_length, report_to="none", use_cpu=True,
+                         max_length=max_length, report_to="none", use_cpu=True, bf16=False,
                          shuffle_dataset=False)
     trainer = trl.SFTTrainer(model=model, args=args, processing_class=tok,
                              train_dataset=Dataset.from_list([{"messages": c}

@@ -89,7 +89,7 @@ def test_dpo_loss_equals_trl_dpo_trainer(tiny, tmp_path):
                                "rejected": [{"role": "assistant", "content": r}]}
                               for p, c, r in zip(prompts, chosen, rejected)])
     args = trl.DPOConfig(output_dir=str(tmp_path), beta=0.2, report_to="none", use_cpu=True,
-                         max_length=None)
+                         max_length=None, bf16=False)       # TRL defaults to bf16 autocast
     trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
                              processing_class=tok)
     theirs = trainer.compute_loss(policy, dict(trainer.data_collator(list(trainer.train_dataset))))
