@@ -46,6 +46,13 @@ class PreferencePairs:
         return (*self.chosen.tensors(), *self.rejected.tensors(), self.ref_chosen,
                 self.ref_rejected)
 
+    def reference_report(self) -> PairReport:
+        """:func:`evaluate_pairs` of the reference model itself, from the stored
+        log-probabilities: reward margins 0, policy margins :math:`\log\pi_\text{ref}(y_w)
+        - \log\pi_\text{ref}(y_l)`."""
+        margin = (self.ref_chosen - self.ref_rejected).double()
+        return PairReport(torch.zeros_like(margin), margin)
+
 
 def sequence_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    labels: torch.Tensor) -> torch.Tensor:

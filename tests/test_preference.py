@@ -131,6 +131,9 @@ def test_train_dpo_moves_the_policy_toward_the_chosen_answers(tiny):
     pairs = preference.encode_pairs(tok, prompts, chosen, rejected, reference, max_length=256)
     policy = copy.deepcopy(reference)
     before = preference.evaluate_pairs(policy, pairs, beta=0.1)
+    stored = pairs.reference_report()
+    torch.testing.assert_close(stored.policy_margin, before.policy_margin, atol=1e-4, rtol=0)
+    assert stored.reward_accuracy == 0.0
     assert before.reward_accuracy == 0.0 and torch.allclose(before.reward_margin,
                                                             torch.zeros(4, dtype=torch.float64),
                                                             atol=1e-4)

@@ -46,7 +46,8 @@ def save_tiny(folder, kind: str, seed: int = 0):
     torch.manual_seed(seed)
     if kind == "gpt2":
         config = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2,
-                            n_head=2, bos_token_id=0, eos_token_id=tok.eos_token_id)
+                            n_head=2, bos_token_id=0, eos_token_id=tok.eos_token_id,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         model = GPT2LMHeadModel(config)
     else:
         config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
