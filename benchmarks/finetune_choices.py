@@ -11,7 +11,7 @@ best LoRA rank:
     ...
     best: {'full': ..., 'lora r=4': ..., ..., 'last': ..., 'scratch': ...}
 
-Usage: python benchmarks/finetune_choices.py [--steps 20] [--threads 1]
+Usage: python benchmarks/finetune_choices.py [--steps 15] [--threads 1]
 It uses the book's pretrained GPT (trained and cached on first use) and runs for a few minutes
 on a CPU.
 """
@@ -33,7 +33,7 @@ RANKS = (4, 8, 32)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.threads:

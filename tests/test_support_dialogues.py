@@ -61,6 +61,7 @@ def test_multi_turn_conversations_give_consecutive_pairs():
 
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(split="dev"), ValueError, "split must be one of"),
+    (dict(split="validation"), ValueError, "split must be one of"),   # named 'val' everywhere
     (dict(categories=("tech_support", "klingon")), ValueError, "categories has unknown"),
     (dict(categories=()), TypeError, "categories must be"),
     (dict(categories=[1]), TypeError, "categories must be"),
