@@ -15,7 +15,9 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``optim``       optimisers written out for teaching, learning-rate schedules
 - ``models``      the models built in the book (a package: one module per model)
 - ``results``     what each chapter measured, recorded for the verdict chapter
-- ``finetune``    fine-tuning a causal LM on prompt → answer pairs: masked labels, answer perplexity
+- ``finetune``    fine-tuning a causal LM on chat conversations: templates, multi-turn masks, scores
+- ``preference``  preference tuning (DPO): pairs, training step, held-out measures
+- ``retrieval``   nearest-answer retrieval with a sentence encoder, cached embeddings
 - ``encoders``    pretrained sentence encoders offline: tokenizing, mean pooling, embeddings
 - ``classifier``  a classifier on a pretrained encoder, fully or with LoRA (peft), via ``fit``
 - ``augment``     simple text augmentation (random deletion, swap, typos), seeded

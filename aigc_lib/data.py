@@ -284,8 +284,8 @@ def token_windows(ids: torch.Tensor, length: int, stride: int = 1) -> torch.Tens
 # Support dialogues for fine-tuning a language model (chapter 8), from the same
 # chatterbot-corpus files as chapter 9's labelled messages (located by _chatterbot_folder).
 
-SUPPORT_CATEGORIES = ("tech_support", "coding")
-SUPPORT_SPLITS = ("train", "validation", "test")
+SUPPORT_CATEGORIES = ("tech_support", "coding", "ai")
+SUPPORT_SPLITS = ("train", "val", "test")
 SUPPORT_FRACTIONS = (0.7, 0.15, 0.15)
 
 
@@ -309,33 +309,21 @@ def support_conversations(categories: str | Sequence[str] = SUPPORT_CATEGORIES
     Each conversation is a list of statements in which every statement answers the one before
     it (the package's format). Nothing is downloaded: the YAML files ship with the package.
     """
-    import yaml
-
     if isinstance(categories, str):
         categories = (categories,)
     if not isinstance(categories, Sequence) or not categories or \
             not all(isinstance(c, str) for c in categories):
         raise TypeError("categories must be a category name or a non-empty sequence of names")
-    folder = _chatterbot_folder("english")
-    available = sorted(p.stem for p in folder.glob("*.yml"))
+    corpus = _chatterbot_conversations("english")
+    available = sorted({c for c, _ in corpus})
     unknown = [c for c in categories if c not in available]
     if unknown:
         raise ValueError(f"categories has unknown names {unknown}; chatterbot-corpus's English "
                          f"categories are {available}")
     if len(set(categories)) != len(categories):
         raise ValueError(f"categories lists a category twice: {list(categories)}")
-    out = []
-    for category in categories:
-        document = yaml.safe_load((folder / f"{category}.yml").read_text(encoding="utf-8"))
-        for conversation in document.get("conversations") or []:
-            out.append((category, [str(s).strip() for s in conversation]))
-    return out
-
-
-def _normalise_statement(text: str) -> str:
-    """Case, punctuation and spacing removed: ``"What's a CPU?"`` and ``"whats a cpu"`` match."""
-    text = text.casefold().replace("'", "").replace("\u2019", "")
-    return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
+    by_category = {c: [(c, list(turns)) for cat, turns in corpus if cat == c] for c in categories}
+    return [item for c in categories for item in by_category[c]]
 
 
 def support_dialogues(split: str = "train",
@@ -343,7 +331,7 @@ def support_dialogues(split: str = "train",
                       fractions: Sequence[float] = SUPPORT_FRACTIONS,
                       seed: int = 0) -> list[Dialogue]:
     r"""Prompt → answer pairs of ``chatterbot-corpus`` conversations, split **by conversation**
-    into ``"train"``, ``"validation"`` and ``"test"`` (chapter 8 fine-tunes a GPT on them).
+    into ``"train"``, ``"val"`` and ``"test"`` (chapter 8 fine-tunes a GPT on them).
 
     The corpus repeats itself: ``tech_support`` holds 1,050 conversations but only 10 distinct
     ones, ``coding`` 184 with 98 distinct. A split by position would put copies of the same
@@ -355,7 +343,7 @@ def support_dialogues(split: str = "train",
        answers, stay together;
     2. the groups of each category (a group belongs to the category of its first conversation),
        in a canonical order, are shuffled by ``random.Random(seed)`` and cut in the proportions
-       ``fractions`` (train, validation, test) of the category's number of groups, so every
+       ``fractions`` (train, val, test) of the category's number of groups, so every
        split has each category in proportion (stratified);
     3. each conversation gives the pairs (statement :math:`i`, statement :math:`i+1`), and each
        distinct pair is kept once.
@@ -368,7 +356,7 @@ def support_dialogues(split: str = "train",
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not isinstance(fractions, Sequence) or len(fractions) != 3 or not all(
             isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions):
-        raise TypeError("fractions must be a sequence of three numbers (train, validation, test)")
+        raise TypeError("fractions must be a sequence of three numbers (train, val, test)")
     if any(not f > 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"fractions must be three positive numbers summing to 1, "
                          f"got {tuple(fractions)}")
@@ -386,7 +374,7 @@ def support_dialogues(split: str = "train",
     owner: dict[str, int] = {}
     for i, (_, turns) in enumerate(conversations):
         for statement in turns:
-            key = _normalise_statement(statement)
+            key = normalise_message(statement)
             if key in owner:
                 parent[root(i)] = root(owner[key])
             else:
@@ -400,7 +388,7 @@ def support_dialogues(split: str = "train",
     chosen: list[tuple[int, list[int]]] = []
     for category in dict.fromkeys(c for c, _ in conversations):
         mine = sorted((m for m in groups.values() if conversations[m[0]][0] == category),
-                      key=lambda members: min(_normalise_statement(s) for i in members
+                      key=lambda members: min(normalise_message(s) for i in members
                                               for s in conversations[i][1]))
         rng.shuffle(mine)
         n = len(mine)
@@ -409,7 +397,7 @@ def support_dialogues(split: str = "train",
                              f"group(s); three splits need at least 3")
         n_train = max(1, round(fractions[0] * n))
         n_val = max(1, min(round(fractions[1] * n), n - n_train - 1))
-        bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val),
+        bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
                   "test": (n_train + n_val, n)}
         lo, hi = bounds[split]
         chosen += [(min(members), members) for members in mine[lo:hi]]
@@ -418,7 +406,7 @@ def support_dialogues(split: str = "train",
         for i in members:
             category, turns = conversations[i]
             for question, answer in zip(turns, turns[1:]):
-                key = (_normalise_statement(question), _normalise_statement(answer))
+                key = (normalise_message(question), normalise_message(answer))
                 if key not in seen:
                     seen.add(key)
                     out.append(Dialogue(question, answer, group_id, category))
@@ -461,23 +449,36 @@ def chatterbot_questions(language: str = "english") -> list[tuple[str, str]]:
     user said; the rest are the bot's answers (or alternative answers). Entries that are not a
     list of strings (one English trivia entry is a lone string, a YAML slip) are skipped.
     """
+    if not isinstance(language, str):
+        raise TypeError(f"language must be a str, got {type(language).__name__}")
+    return [(turns[0], category) for category, turns in _chatterbot_conversations(language)]
+
+
+@functools.lru_cache(maxsize=4)
+def _chatterbot_conversations(language: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The one parser of the corpus's YAML files (chapters 8 and 9): every conversation of
+    every file of ``language``, as ``(category, statements)`` with each statement stripped, in
+    file order (files sorted by name), duplicates included. Entries that are not a non-empty
+    list of strings are skipped (one English trivia entry is a lone string, a YAML slip)."""
     import yaml
 
-    pairs = []
+    out = []
     for path in sorted(_chatterbot_folder(language).glob("*.yml")):
         with open(path, encoding="utf-8") as handle:
             content = yaml.safe_load(handle) or {}
         for conversation in content.get("conversations") or []:
             if (isinstance(conversation, list) and conversation
                     and all(isinstance(s, str) for s in conversation)):
-                pairs.append((conversation[0].strip(), path.stem))
-    return pairs
+                out.append((path.stem, tuple(s.strip() for s in conversation)))
+    return tuple(out)
 
 
 def normalise_message(text: str) -> str:
     """Lower-case ``text`` and keep only its words: ``"What is AI?"`` becomes ``"what is ai"``.
 
-    Two messages with the same normalised form count as the same message (deduplication).
+    Two messages with the same normalised form count as the same message: the one normaliser
+    of the library, for chapter 9's deduplication, chapter 8's split by conversation and its
+    exact-match metric (:func:`aigc_lib.metrics.exact_match`).
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")

@@ -229,28 +229,72 @@ def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logv
 
 
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
-                   ignore_index: int = -100) -> torch.Tensor:
-    r"""Next-token (shifted) language-model loss, in nats per scored token (chapters 6 and 7):
+                   ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    r"""Next-token (shifted) language-model loss, in nats per scored token (chapters 6–8):
 
     .. math:: \mathcal L = \frac{1}{|S|}\sum_{(b,t) \in S} -\log \operatorname{softmax}(z_{b,t})_{x_{b,t+1}},
 
-    where position :math:`t` of ``logits`` ``(B, T, V)`` predicts token :math:`t+1` of
-    ``input_ids`` ``(B, T)``, so the last position's logits and the first token are not scored,
-    and :math:`S` leaves out targets equal to ``ignore_index`` (padding, prompts). This is the
-    loss that ``transformers``' ``GPT2LMHeadModel(input_ids, labels=input_ids)`` reports
-    (``tests/test_gpt.py`` checks it).
+    where position :math:`t` of ``logits`` predicts token :math:`t+1` of ``input_ids``
+    ``(B, T)`` and :math:`S` leaves out targets equal to ``ignore_index`` (padding, prompts).
+    ``logits`` is ``(B, T, V)`` when the model read all of ``input_ids`` (its last position
+    predicts nothing and is dropped), or ``(B, T-1, V)`` when it read ``input_ids[:, :-1]``
+    (chapter 7's training windows). This is the loss that ``transformers``'
+    ``GPT2LMHeadModel(input_ids, labels=input_ids)`` reports (``tests/test_gpt.py`` checks it),
+    and the one next-token loss of the library: chapter 7's ``gpt.lm_loss`` and chapter 8's
+    fine-tuning losses call it. ``reduction="sum"`` gives the total (for token-weighted
+    averages over many batches), ``"none"`` the ``(B, T-1)`` per-target losses (0 where
+    ignored). It reads no tensor value on the host (no synchronisation on a GPU).
     """
-    checks.tensor("logits", logits, floating=True, ndim=3)
+    checks.tensor("logits", logits, floating=True, ndim=3, finite=False)
     checks.tensor("input_ids", input_ids, ndim=2)
-    if input_ids.shape != logits.shape[:2]:
-        raise ValueError(f"input_ids must have shape {tuple(logits.shape[:2])} (logits without the "
-                         f"vocabulary dimension), got {tuple(input_ids.shape)}")
+    checks.reduction(reduction)
     if input_ids.shape[1] < 2:
         raise ValueError("input_ids must have at least 2 positions: one to read, one to predict")
-    shifted = logits[:, :-1]
+    batch, length = input_ids.shape
+    if logits.shape[:2] not in ((batch, length), (batch, length - 1)):
+        raise ValueError(f"input_ids must have shape {tuple(logits.shape[:2])} (logits without the "
+                         f"vocabulary dimension) or one more position, got "
+                         f"{tuple(input_ids.shape)}")
+    shifted = logits[:, :length - 1]
     if shifted.dtype in (torch.float16, torch.bfloat16):   # reduce in float32 under autocast
         shifted = shifted.float()
-    return cross_entropy(shifted, input_ids[:, 1:], ignore_index=ignore_index)
+    targets = input_ids[:, 1:]
+    losses = F.cross_entropy(shifted.flatten(0, 1), targets.flatten(), ignore_index=ignore_index,
+                             reduction="none" if reduction == "none" else reduction)
+    return losses.view(batch, length - 1) if reduction == "none" else losses
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+             beta: float = 0.1, reduction: str = "mean") -> torch.Tensor:
+    r"""Direct preference optimisation loss (Rafailov et al. 2023; chapter 8).
+
+    For a prompt :math:`x` with a preferred answer :math:`y_w` and a rejected one :math:`y_l`,
+    the inputs are sequence log-probabilities (sums over the answer tokens) under the policy
+    :math:`\pi_\theta` and the frozen reference :math:`\pi_\text{ref}`. With the implicit
+    rewards :math:`r(x, y) = \beta \log \frac{\pi_\theta(y\mid x)}{\pi_\text{ref}(y\mid x)}`,
+
+    .. math:: \ell = -\log\sigma\big(r(x, y_w) - r(x, y_l)\big),
+
+    the Bradley–Terry negative log-likelihood of the observed preference; the optimum of the
+    KL-regularised reward objective has exactly this reward (chapter 8 derives it). Its
+    gradient pushes :math:`\log\pi_\theta(y_w)` up and :math:`\log\pi_\theta(y_l)` down, each
+    weighted by :math:`\sigma(r_l - r_w)`: pairs already ranked right count little. Equals
+    TRL's ``DPOTrainer`` loss with ``loss_type="sigmoid"`` (``tests/test_preference.py``).
+    All four inputs are ``(B,)`` floating tensors; ``reduction`` is ``'mean'``, ``'sum'`` or
+    ``'none'``.
+    """
+    names = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps",
+             "ref_rejected_logps")
+    values = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    for name, value in zip(names, values):
+        checks.tensor(name, value, floating=True, ndim=1, finite=False)
+        checks.same_shape(names[0], values[0], name, value)
+    checks.positive_number("beta", beta)
+    checks.reduction(reduction)
+    margin = beta * ((policy_chosen_logps - ref_chosen_logps)
+                     - (policy_rejected_logps - ref_rejected_logps))
+    return checks.apply_reduction(_neg_log_sigmoid(margin), reduction)
 
 
 def _neg_log_sigmoid(logits: torch.Tensor) -> torch.Tensor:

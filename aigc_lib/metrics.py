@@ -1,6 +1,7 @@
 """Evaluation metrics used across chapters: accuracy; the likelihood estimates of the VAE chapter
 (chapter 3); the Fréchet distance and the mode coverage of the GAN chapter (chapter 4);
-calibration and bootstrap intervals (chapters 8, 9, 12)."""
+calibration and bootstrap intervals (chapters 8, 9, 12); chrF, exact match and semantic
+similarity of generated answers (chapter 8)."""
 
 from __future__ import annotations
 
@@ -397,3 +398,75 @@ def paired_bootstrap_difference(metric, targets, predictions_a, predictions_b,
         raise TypeError(f"metric must be callable, got {type(metric).__name__}")
     return bootstrap_ci(lambda y, a, b: metric(y, a) - metric(y, b), targets, predictions_a,
                         predictions_b, **kwargs)
+
+
+# --- Chapter 8: metrics of generated answers against reference answers --------------------------
+
+def _answers(name: str, hypotheses: object, references: object) -> list[list[str]]:
+    """Check ``hypotheses`` (str per example) and ``references`` (a str or a non-empty list of
+    str per example: any reference may be matched); return the references as lists."""
+    if isinstance(hypotheses, str) or not isinstance(hypotheses, (list, tuple)) or \
+            not all(isinstance(h, str) for h in hypotheses):
+        raise TypeError("hypotheses must be a list of str")
+    if isinstance(references, str) or not isinstance(references, (list, tuple)):
+        raise TypeError("references must be a list with a str or a list of str per hypothesis")
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError(f"hypotheses and references must be non-empty and equally long, got "
+                         f"{len(hypotheses)} and {len(references)} ({name})")
+    out = []
+    for i, refs in enumerate(references):
+        refs = [refs] if isinstance(refs, str) else refs
+        if not isinstance(refs, (list, tuple)) or not refs or \
+                not all(isinstance(r, str) for r in refs):
+            raise TypeError(f"references[{i}] must be a str or a non-empty list of str")
+        out.append(list(refs))
+    return out
+
+
+def chrf(hypotheses: list[str], references: list) -> torch.Tensor:
+    r"""Sentence-level chrF (Popović 2015) of each hypothesis against its reference(s), in
+    [0, 100], as computed by ``sacrebleu.sentence_chrf`` (character n-grams up to 6, recall
+    weighted :math:`\beta = 2`: :math:`F_\beta = (1+\beta^2)PR/(\beta^2P + R)`, averaged over
+    n-gram orders). With several references the best-matching one counts (chapter 8).
+    Returns ``(N,)`` float64."""
+    from sacrebleu.metrics import CHRF
+
+    refs = _answers("chrf", hypotheses, references)
+    metric = CHRF()
+    return torch.tensor([metric.sentence_score(h, r).score for h, r in zip(hypotheses, refs)],
+                        dtype=torch.float64)
+
+
+def exact_match(hypotheses: list[str], references: list) -> torch.Tensor:
+    """1.0 where a hypothesis equals one of its references after
+    :func:`aigc_lib.data.normalise_message` (case, punctuation and spacing ignored), else 0.0;
+    ``(N,)`` float64 (chapter 8)."""
+    from aigc_lib.data import normalise_message
+
+    refs = _answers("exact_match", hypotheses, references)
+    return torch.tensor([float(normalise_message(h) in {normalise_message(r) for r in rs})
+                         for h, rs in zip(hypotheses, refs)], dtype=torch.float64)
+
+
+def semantic_similarity(hypotheses: list[str], references: list, embed) -> torch.Tensor:
+    r"""Cosine similarity :math:`\frac{u\cdot v}{\lVert u\rVert\,\lVert v\rVert}` between the
+    sentence embeddings of each hypothesis and its reference(s) (the best one counts), with
+    ``embed(texts) -> (n, d)`` tensor, e.g. all-MiniLM-L6-v2 (chapter 8). An empty
+    hypothesis scores 0. Returns ``(N,)`` float64 in [-1, 1]."""
+    if not callable(embed):
+        raise TypeError(f"embed must be callable, got {type(embed).__name__}")
+    refs = _answers("semantic_similarity", hypotheses, references)
+    flat = [r for rs in refs for r in rs]
+    vectors = embed(list(hypotheses) + flat)
+    checks.tensor("embed(texts)", vectors, floating=True, ndim=2)
+    if len(vectors) != len(hypotheses) + len(flat):
+        raise ValueError(f"embed returned {len(vectors)} vectors for "
+                         f"{len(hypotheses) + len(flat)} texts")
+    unit = F.normalize(vectors.double(), dim=-1)
+    hyp, ref = unit[:len(hypotheses)], unit[len(hypotheses):]
+    out, start = [], 0
+    for h, rs in zip(range(len(hypotheses)), refs):
+        best = (ref[start:start + len(rs)] @ hyp[h]).max()
+        out.append(best if hypotheses[h].strip() else best.new_zeros(()))
+        start += len(rs)
+    return torch.stack(out)

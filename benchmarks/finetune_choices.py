@@ -1,15 +1,17 @@
-"""How chapter 8's learning rates were chosen, and what LoRA's rank and targets change.
+"""How chapter 8's learning rates and LoRA rank were chosen: on the validation split only.
 
-Every method of the chapter is trained as the chapter trains it (same data, steps, batch size,
-seed, AdamW) for each learning rate of a small grid, and scored on the *validation* split; the
-test split is never looked at. Then LoRA is tried with a larger rank and on every linear layer
-at its best learning rate. The script prints one line per run and the best rate per method:
+Every method of the chapter is trained as the chapter trains it (the same chat sessions, steps,
+batch size, seed and AdamW) for each learning rate of a small grid, and scored by the answer
+perplexity of the *validation* conversations; the test split is never looked at. LoRA is tuned
+separately for each rank (its rate is searched again for every rank, so no rank inherits
+another's rate). The script prints one line per run, then the best rate per method and the
+best LoRA rank:
 
     method        lr       val ppl  trainable  seconds
     ...
-    best: {'full': ..., 'lora': ..., 'last': ..., 'scratch': ...}
+    best: {'full': ..., 'lora r=4': ..., ..., 'last': ..., 'scratch': ...}
 
-Usage: python benchmarks/finetune_choices.py [--steps 80] [--threads 1]
+Usage: python benchmarks/finetune_choices.py [--steps 15] [--threads 1]
 It uses the book's pretrained GPT (trained and cached on first use) and runs for a few minutes
 on a CPU.
 """
@@ -23,16 +25,15 @@ import torch
 
 from aigc_lib import costs, data, finetune, pretrained, runtime
 from aigc_lib.models import lora
-from aigc_lib.training import fit
 
 GRID = {"full": (3e-4, 1e-3, 3e-3), "lora": (3e-3, 1e-2, 3e-2), "last": (1e-3, 3e-3, 1e-2),
-        "scratch": (3e-4, 1e-3, 3e-3)}
-ALL_LINEAR = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+        "scratch": (1e-3, 3e-3, 1e-2)}
+RANKS = (4, 8, 32)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.threads:
@@ -44,43 +45,47 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     source = pretrained.small_gpt(progress=False)
     base, tok = finetune.load_causal_lm(source)
-    length = min(base.config.n_positions, 256)
-    enc = {s: finetune.encode_dialogues(tok, data.support_dialogues(s), length, length // 2)
-           for s in ("train", "validation")}
+    finetune.use_chat_template(tok)
+    length = min(finetune.context_length(base), 256)
+    fits = lambda c: len(finetune.tokenize_chat(tok, c)[0]) <= length  # noqa: E731
+    train = finetune.encode_chats(tok, finetune.chat_sessions(
+        data.support_dialogues("train"), fits=fits), length)
+    val = finetune.encode_replies(tok, [finetune.conversation(d.question, d.answer)
+                                        for d in data.support_dialogues("val")],
+                                  length, 3 * length // 8)
 
-    def model_for(method: str, r: int = 8, targets=lora.GPT2_ATTENTION):
+    def model_for(method: str, r: int = 8):
         runtime.seed_everything(0)
         if method == "scratch":
             return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
         model = copy.deepcopy(base)
         if method == "lora":
-            lora.add_lora(model, r=r, alpha=2 * r, targets=targets)
+            lora.add_lora(model, r=r, alpha=2 * r, targets=lora.attention_targets(model))
         elif method == "last":
             finetune.freeze_all_but(model, [f"transformer.h.{base.config.n_layer - 1}.",
                                             "transformer.ln_f", "lm_head"])
         return model
 
     def score(name: str, model, lr: float) -> float:
-        runtime.seed_everything(0)
-        params = [p for p in model.parameters() if p.requires_grad]
-        history = fit(model, enc["train"].tensors(), loss_fn=finetune.answer_loss,
-                      optimizer=torch.optim.AdamW(params, lr=lr), steps=args.steps,
-                      batch_size=8, seed=0, progress=False)
-        val = finetune.answer_perplexity(model, enc["validation"])
+        history = finetune.train_sft(model, train, lr=lr, steps=args.steps, batch_size=8)
+        ppl = finetune.answer_perplexity(model, val)
         trainable = costs.count_parameters(model, trainable_only=True)
-        print(f"{name:<22} {lr:<8.0e} {val:8.1f} {trainable:>10,} "
-              f"{history.seconds:7.1f}", flush=True)
-        return val
+        print(f"{name:<14} {lr:<8.0e} {ppl:8.1f} {trainable:>10,} {history.seconds:7.1f}",
+              flush=True)
+        return ppl
 
-    print(f"{'method':<22} {'lr':<8} {'val ppl':>8} {'trainable':>10} {'seconds':>7}")
-    best = {}
+    print(f"{'method':<14} {'lr':<8} {'val ppl':>8} {'trainable':>10} {'seconds':>7}")
+    best, best_ppl = {}, {}
     for method, rates in GRID.items():
-        scores = {lr: score(method, model_for(method), lr) for lr in rates}
-        best[method] = min(scores, key=scores.get)
+        for r in (RANKS if method == "lora" else (None,)):
+            name = f"lora r={r}" if r else method
+            scores = {lr: score(name, model_for(method, r or 8), lr) for lr in rates}
+            best[name] = min(scores, key=scores.get)
+            best_ppl[name] = scores[best[name]]
     print("best:", best)
-    lr = best["lora"]
-    score("lora r=16", model_for("lora", r=16), lr)
-    score("lora r=32, all linear", model_for("lora", r=32, targets=ALL_LINEAR), lr)
+    ranks = {name: ppl for name, ppl in best_ppl.items() if name.startswith("lora")}
+    print("best LoRA:", min(ranks, key=ranks.get), "validation perplexity by rank:",
+          {name: round(ppl, 1) for name, ppl in ranks.items()})
 
 
 if __name__ == "__main__":

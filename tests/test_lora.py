@@ -49,7 +49,8 @@ def pair(kind):
                                            n_embd=16)).eval(), False
     theirs = peft_twin(base, fan)
     ours = copy.deepcopy(base)
-    wrapped = lora.add_lora(ours, r=R, alpha=ALPHA)
+    assert lora.add_lora(ours, r=R, alpha=ALPHA) is ours          # in place, returns the model
+    wrapped = list(lora.lora_layers(ours))
     randomise_adapters(ours)
     peft.set_peft_model_state_dict(theirs, lora.peft_state_dict(ours))
     return base, ours, theirs, wrapped
@@ -173,6 +174,14 @@ def test_merge_unmerge_round_trip_and_dropout():
     (lambda: lora.add_lora(tiny_gpt2(), targets=("nothing",)), ValueError, "match no module"),
     (lambda: lora.add_lora("model"), TypeError, "model must be"),
     (lambda: lora.add_lora(tiny_gpt2(), targets=()), TypeError, "targets must be"),
+    (lambda: lora.add_lora(tiny_gpt2(), targets=3), TypeError, "targets must be"),
+    (lambda: lora.add_lora(tiny_gpt2(), r=2.5), TypeError, "r must be an int"),
+    (lambda: lora.add_lora(tiny_gpt2(), alpha=0), ValueError, "alpha must be > 0"),
+    (lambda: lora.add_lora(tiny_gpt2(), dropout=1.5), ValueError, "dropout must be in"),
+    (lambda: lora.add_lora(tiny_gpt2(), rank_stabilised=1), TypeError, "rank_stabilised"),
+    (lambda: lora.add_lora(tiny_gpt2(), targets=("ln_f",)), TypeError, "LoRA wraps"),
+    (lambda: lora.add_lora(tiny_gpt2(), 4), TypeError, "positional"),
+    (lambda: lora.attention_targets(nn.Linear(2, 2)), ValueError, "pass targets"),
     (lambda: lora.merge_lora(tiny_gpt2()), ValueError, "no LoRA layers"),
     (lambda: lora.peft_state_dict(tiny_gpt2()), ValueError, "no LoRA layers"),
 ])
@@ -206,3 +215,52 @@ def test_wrapping_twice_is_refused():
     lora.add_lora(model)
     with pytest.raises(ValueError, match="already has LoRA"):
         lora.add_lora(model)
+
+
+@pytest.mark.parametrize("kwargs", [dict(r=0), dict(r=-2), dict(alpha=-1.0), dict(dropout=1.0),
+                                    dict(targets=("nothing",)), dict(targets=("ln_f",))])
+def test_a_bad_call_leaves_the_model_untouched(kwargs):
+    """Every argument is checked before anything is frozen or replaced (issue 12 §5)."""
+    model = tiny_gpt2()
+    before = {n: (p.requires_grad, p.clone()) for n, p in model.named_parameters()}
+    modules = [type(m) for m in model.modules()]
+    with pytest.raises((TypeError, ValueError)):
+        lora.add_lora(model, **kwargs)
+    assert [type(m) for m in model.modules()] == modules
+    for name, p in model.named_parameters():
+        assert p.requires_grad == before[name][0] and torch.equal(p, before[name][1])
+
+
+def test_rank_stabilised_scaling_equals_peft_use_rslora():
+    """rsLoRA: the update is scaled by alpha/sqrt(r), as peft's use_rslora=True."""
+    base = tiny_gpt2()
+    config = peft.LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, use_rslora=True,
+                             target_modules=list(lora.GPT2_ATTENTION), fan_in_fan_out=True)
+    theirs = peft.get_peft_model(copy.deepcopy(base), config)
+    ours = lora.add_lora(copy.deepcopy(base), r=R, alpha=ALPHA, rank_stabilised=True)
+    assert all(layer.scaling == ALPHA / math.sqrt(R) for layer in lora.lora_layers(ours).values())
+    randomise_adapters(ours)
+    peft.set_peft_model_state_dict(theirs, lora.peft_state_dict(ours))
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(logits(ours, idx), logits(theirs, idx), atol=1e-6, rtol=0)
+
+
+def test_llama_attention_targets_equal_peft():
+    """On a Llama-style model (nn.Linear q/k/v/o projections) our LoRA equals peft's too."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=1, max_position_embeddings=32)).eval()
+    targets = lora.attention_targets(base)
+    assert targets == lora.LLAMA_ATTENTION and lora.attention_targets(tiny_gpt2()) == \
+        lora.GPT2_ATTENTION
+    ours = lora.add_lora(copy.deepcopy(base), r=R, alpha=ALPHA, targets=targets)
+    assert len(lora.lora_layers(ours)) == 2 * 4
+    randomise_adapters(ours)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+        r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(targets)))
+    peft.set_peft_model_state_dict(theirs, lora.peft_state_dict(ours))
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(logits(ours, idx), logits(theirs, idx), atol=1e-5, rtol=0)

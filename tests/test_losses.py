@@ -140,3 +140,23 @@ def test_perplexity():
 def test_bad_input_raises_naming_the_argument(call, error, words):
     with pytest.raises(error, match=__import__("re").escape(words)):
         call()
+
+
+def test_causal_lm_loss_reductions_and_pre_shifted_logits():
+    """One next-token loss for every caller: 'sum' and 'none' agree with 'mean', and logits of
+    input_ids[:, :-1] (chapter 7's windows) give the same loss as logits of all of input_ids."""
+    torch.manual_seed(0)
+    logits, ids = torch.randn(3, 6, 11, dtype=torch.float64), torch.randint(0, 11, (3, 6))
+    ids[0, :3] = -100
+    mean = losses.causal_lm_loss(logits, ids)
+    total = losses.causal_lm_loss(logits, ids, reduction="sum")
+    rows = losses.causal_lm_loss(logits, ids, reduction="none")
+    scored = (ids[:, 1:] != -100).sum()
+    torch.testing.assert_close(total / scored, mean)
+    assert rows.shape == (3, 5) and (rows[0, :2] == 0).all()
+    torch.testing.assert_close(rows.sum(), total)
+    torch.testing.assert_close(losses.causal_lm_loss(logits[:, :-1], ids), mean)
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(mean, ref)
+    with pytest.raises(ValueError, match="reduction"):
+        losses.causal_lm_loss(logits, ids, reduction="max")

@@ -24,8 +24,8 @@ def test_splits_are_deterministic_and_cover_every_distinct_pair():
     everything = {(d.question, d.answer) for s in a.values() for d in s}
     raw = {(turns[0], turns[1]) for _, turns in data.support_conversations(
         data.SUPPORT_CATEGORIES)}
-    normal = {tuple(map(data._normalise_statement, p)) for p in raw}
-    assert {tuple(map(data._normalise_statement, p)) for p in everything} == normal
+    normal = {tuple(map(data.normalise_message, p)) for p in raw}
+    assert {tuple(map(data.normalise_message, p)) for p in everything} == normal
     assert sum(len(s) for s in a.values()) == len(everything) == len(normal)
     other_seed = splits(seed=1)
     assert {d.question for d in other_seed["test"]} != {d.question for d in a["test"]}
@@ -35,9 +35,9 @@ def test_splits_are_deterministic_and_cover_every_distinct_pair():
 def test_no_conversation_or_statement_is_in_two_splits(seed):
     parts = splits(seed=seed)
     ids = {s: {d.conversation for d in parts[s]} for s in parts}
-    statements = {s: {data._normalise_statement(x) for d in parts[s]
+    statements = {s: {data.normalise_message(x) for d in parts[s]
                       for x in (d.question, d.answer)} for s in parts}
-    for first, second in (("train", "validation"), ("train", "test"), ("validation", "test")):
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not ids[first] & ids[second]
         assert not statements[first] & statements[second], (first, second)
 
@@ -48,9 +48,9 @@ def test_every_split_has_every_category():
 
 
 def test_statements_are_normalised_for_grouping():
-    norm = data._normalise_statement
-    assert norm("What’s a CPU?  ") == norm("whats a cpu")
-    assert data._normalise_statement("Hello, World!") == "hello world"
+    norm = data.normalise_message
+    assert norm("What’s a CPU?  ") == norm("what's a cpu")
+    assert data.normalise_message("Hello, World!") == "hello world"
 
 
 def test_multi_turn_conversations_give_consecutive_pairs():
@@ -61,6 +61,7 @@ def test_multi_turn_conversations_give_consecutive_pairs():
 
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(split="dev"), ValueError, "split must be one of"),
+    (dict(split="validation"), ValueError, "split must be one of"),   # named 'val' everywhere
     (dict(categories=("tech_support", "klingon")), ValueError, "categories has unknown"),
     (dict(categories=()), TypeError, "categories must be"),
     (dict(categories=[1]), TypeError, "categories must be"),

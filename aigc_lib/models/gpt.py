@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aigc_lib import attention, checks
+from aigc_lib import attention, checks, losses
 
 ATTENTION_PATHS = ("sdpa", "math")
 # GPT-2 keeps these as Conv1D weights of shape (in, out); nn.Linear stores (out, in).
@@ -203,16 +203,13 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     r"""Next-token cross-entropy of a window of ``tokens`` ``(B, T+1)``: the model reads positions
     :math:`0..T-1` and is scored on predicting :math:`1..T`,
     :math:`\frac{1}{BT}\sum_{b,t} -\log p_\theta(x_{b,t+1} \mid x_{b,\le t})` in nats. This is the
-    ``loss_fn`` that chapter 7 passes to ``aigc_lib.training.fit``; it equals
-    ``aigc_lib.losses.causal_lm_loss(model(tokens), tokens)`` up to the last position's logits."""
+    ``loss_fn`` that chapter 7 passes to ``aigc_lib.training.fit``:
+    ``aigc_lib.losses.causal_lm_loss`` on the logits of ``tokens[:, :-1]``."""
     checks.tensor("tokens", tokens, ndim=2)
     if tokens.shape[1] < 2:
         raise ValueError(f"tokens must have at least 2 positions (inputs and targets), got "
                          f"shape {tuple(tokens.shape)}")
-    logits = model(tokens[:, :-1])
-    if logits.dtype in (torch.float16, torch.bfloat16):   # reduce in float32 under autocast
-        logits = logits.float()
-    return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+    return losses.causal_lm_loss(model(tokens[:, :-1]), tokens)
 
 
 @torch.no_grad()

@@ -33,6 +33,8 @@ from aigc_lib import checks
 # GPT-2's attention projections: the (d, 3d) query-key-value map and the output map. Matching is
 # by the end of a module's dotted name, as peft's target_modules does.
 GPT2_ATTENTION = ("attn.c_attn", "attn.c_proj")
+# Llama-family attention projections (Llama, Qwen, Mistral in transformers), nn.Linear layers.
+LLAMA_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 
 
 def _is_conv1d(layer: nn.Module) -> bool:
@@ -51,13 +53,15 @@ class LoRALinear(nn.Module):
         r: the rank of the update (> 0).
         alpha: the scale numerator; the update is multiplied by ``alpha / r``.
         dropout: dropout on the input of the low-rank path only (0 = none).
+        rank_stabilised: scale by :math:`\alpha/\sqrt r` (rsLoRA) instead of :math:`\alpha/r`.
 
     ``lora_A`` ``(r, d_in)`` is drawn as ``nn.Linear`` draws its weights (Kaiming-uniform with
     :math:`a=\sqrt5`, i.e. uniform on :math:`\pm 1/\sqrt{d_\text{in}}`); ``lora_B``
     ``(d_out, r)`` starts at zero.
     """
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0,
+                 rank_stabilised: bool = False):
         super().__init__()
         if isinstance(base, nn.Linear):
             d_in, d_out, self.transposed = base.in_features, base.out_features, False
@@ -72,7 +76,7 @@ class LoRALinear(nn.Module):
         if dropout >= 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base, self.r, self.alpha = base, r, alpha
-        self.scaling = alpha / r
+        self.scaling = alpha / math.sqrt(r) if rank_stabilised else alpha / r
         for p in base.parameters():
             p.requires_grad_(False)
         weight = base.weight
@@ -126,36 +130,76 @@ def _matches(name: str, targets: Iterable[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0,
-             targets: Iterable[str] = GPT2_ATTENTION) -> list[str]:
-    r"""Freeze every parameter of ``model`` and replace each layer whose dotted name equals, or
-    ends with ``"." +`` one of ``targets``, by a :class:`LoRALinear` around it (chapter 8).
-
-    The default targets are GPT-2's attention projections ``attn.c_attn`` and ``attn.c_proj``,
-    named alike in ``transformers``' ``GPT2LMHeadModel`` (``Conv1D``) and in
-    :class:`aigc_lib.models.gpt.GPT` (``nn.Linear``). Afterwards only the LoRA matrices are
-    trainable. Returns the names of the wrapped layers; raises ``ValueError`` if none matched.
-    """
+def attention_targets(model: nn.Module) -> tuple[str, ...]:
+    """The attention projections of ``model`` as LoRA targets: :data:`GPT2_ATTENTION` for
+    GPT-2-style models (``transformers``' ``GPT2LMHeadModel``, this library's GPT), else
+    :data:`LLAMA_ATTENTION` for Llama-, Qwen- and Mistral-style models (chapter 8)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    names = [name for name, _ in model.named_modules()]
+    for targets in (GPT2_ATTENTION, LLAMA_ATTENTION):
+        if any(_matches(name, targets) for name in names):
+            return targets
+    raise ValueError(f"model {type(model).__name__} has neither GPT-2's {GPT2_ATTENTION} nor "
+                     f"Llama's {LLAMA_ATTENTION} attention layers; pass targets=... explicitly")
+
+
+def _check_lora_arguments(model: object, r: object, alpha: object, dropout: object,
+                          targets: object) -> tuple[str, ...]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    checks.positive_number("r", r, integer=True)
+    checks.positive_number("alpha", alpha)
+    checks.positive_number("dropout", dropout, allow_zero=True)
+    if dropout >= 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if isinstance(targets, str):
         targets = (targets,)
+    if not isinstance(targets, Iterable):
+        raise TypeError(f"targets must be a sequence of module names, got {type(targets).__name__}")
     targets = tuple(targets)
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise TypeError("targets must be a non-empty sequence of module names")
+    return targets
+
+
+def add_lora(model: nn.Module, *, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+             targets: Iterable[str] = GPT2_ATTENTION, rank_stabilised: bool = False) -> nn.Module:
+    r"""Freeze every parameter of ``model`` and replace each layer whose dotted name equals, or
+    ends with ``"." +`` one of ``targets``, by a :class:`LoRALinear` around it, in place
+    (chapter 8). Returns ``model``; the wrapped layers are :func:`lora_layers` ``(model)``.
+
+    The default targets are GPT-2's attention projections ``attn.c_attn`` and ``attn.c_proj``,
+    named alike in ``transformers``' ``GPT2LMHeadModel`` (``Conv1D``) and in
+    :class:`aigc_lib.models.gpt.GPT` (``nn.Linear``); :func:`attention_targets` picks them for
+    Llama-style models too. ``rank_stabilised`` scales the update by :math:`\alpha/\sqrt r`
+    instead of :math:`\alpha/r` (rsLoRA, Kalajdzievski 2023; ``peft``'s ``use_rslora``), which
+    keeps the size of the update, and so a tuned learning rate, stable across ranks. Every
+    argument is checked before anything is frozen or replaced: a bad call leaves ``model`` as it
+    was. Raises ``ValueError`` if no layer matched or ``model`` already has LoRA layers.
+    """
+    targets = _check_lora_arguments(model, r, alpha, dropout, targets)
+    if not isinstance(rank_stabilised, bool):
+        raise TypeError(f"rank_stabilised must be a bool, got {type(rank_stabilised).__name__}")
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model already has LoRA layers; merge_lora it first")
     chosen = [name for name, module in model.named_modules()
               if name and _matches(name, targets)]
     if not chosen:
         raise ValueError(f"targets {list(targets)} match no module of {type(model).__name__}")
+    for name in chosen:
+        layer = model.get_submodule(name)
+        if not (isinstance(layer, nn.Linear) or _is_conv1d(layer)):
+            raise TypeError(f"targets match {name!r}, a {type(layer).__name__}; LoRA wraps "
+                            f"nn.Linear and transformers' Conv1D layers only")
     for p in model.parameters():
         p.requires_grad_(False)
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
-    return chosen
+        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout,
+                                          rank_stabilised=rank_stabilised))
+    return model
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
