@@ -193,7 +193,8 @@ class ConditionalVAE(VAE):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        r"""Pixel probabilities decoded from the posterior mean, :math:`\sigma(\ell(\mu(x, y), y))`."""
+        r"""Pixel probabilities decoded from the posterior mean,
+        :math:`\sigma(\ell(\mu(x, y), y))`."""
         mu, _ = self.encode(x, y)
         return torch.sigmoid(self.decode(mu, y))
 
