@@ -191,7 +191,8 @@ def perplexity(mean_nll: torch.Tensor | float) -> torch.Tensor:
 
 
 def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             beta: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             beta: float = 1.0, free_bits: float = 0.0
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""The VAE's negative evidence lower bound for a Bernoulli decoder and a Gaussian encoder
     (chapter 3), returned as ``(loss, {"recon": ..., "kl": ...})``.
 
@@ -211,6 +212,12 @@ def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logv
     :math:`-\log p(x)`. ``beta`` :math:`\ne 1` gives the :math:`\beta`-VAE objective. ``logits``
     and ``targets`` have shape ``(B, D)`` (or ``(B, ...)``: every dimension after the first is
     summed); ``mu`` and ``logvar`` have shape ``(B, d)``; targets lie in [0, 1].
+
+    ``free_bits`` :math:`\lambda > 0` (nats per latent unit; Kingma et al. 2016) replaces the KL in
+    the loss by :math:`\sum_j \max\big(\lambda, \frac1B\sum_b \mathrm{KL}_{b,j}\big)`: a unit
+    whose batch-average KL is below :math:`\lambda` gets no push towards the prior, so the
+    encoder can use it for free. The returned ``kl`` stays the true KL, so ``recon + kl``
+    remains the negative ELBO.
     """
     checks.tensor("logits", logits, floating=True)
     checks.tensor("targets", targets, floating=True)
@@ -223,9 +230,12 @@ def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logv
         raise ValueError(f"logits must have shape (B, ...) with the same batch size B as mu; got "
                          f"logits {tuple(logits.shape)} and mu {tuple(mu.shape)}")
     checks.positive_number("beta", beta, allow_zero=True)
+    checks.positive_number("free_bits", free_bits, allow_zero=True)
     recon = bce_with_logits(logits, targets, reduction="none").flatten(1).sum(1).mean()
-    kl = kl_diag_gaussians(mu, logvar).mean()
-    return recon + beta * kl, {"recon": recon, "kl": kl}
+    kl_units = kl_diag_gaussians(mu.unsqueeze(-1), logvar.unsqueeze(-1)).mean(0)  # (d,)
+    kl = kl_units.sum()
+    penalty = kl_units.clamp(min=free_bits).sum() if free_bits > 0 else kl
+    return recon + beta * penalty, {"recon": recon, "kl": kl}
 
 
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc_lib import checks
+from aigc_lib.models import vae
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -56,10 +57,69 @@ def independent_bernoulli_nll(train: torch.Tensor, test: torch.Tensor,
     return -(torch.special.xlogy(test, p) + torch.special.xlogy(1 - test, 1 - p)).sum(1)
 
 
+def _log_weights(model: torch.nn.Module, x: torch.Tensor, k: int, chunk: int,
+                 generator: torch.Generator | None, labels: torch.Tensor | None,
+                 posterior: tuple[torch.Tensor, torch.Tensor] | None) -> list[torch.Tensor]:
+    r"""Groups of log importance weights :math:`\log w_j = \log p(x\mid z_j) + \log p(z_j)
+    - \log q(z_j\mid x)`, each ``(k, b)``, for :func:`importance_sampled_nll` and
+    :func:`negative_elbo`."""
+    if not (callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))):
+        raise TypeError(f"model must have encode(x) -> (mu, logvar) and decode(z) -> logits "
+                        f"methods, got {type(model).__name__}")
+    _binary("x", x)
+    checks.positive_number("k", k, integer=True)
+    checks.positive_number("chunk", chunk, integer=True)
+    if labels is not None:
+        checks.tensor("labels", labels, ndim=1)
+        if len(labels) != len(x):
+            raise ValueError(f"labels must have one entry per image, got {len(labels)} for "
+                             f"{len(x)} images")
+    if posterior is not None:
+        if not (isinstance(posterior, tuple) and len(posterior) == 2):
+            raise TypeError("posterior must be a tuple (mu, logvar) of (B, d) tensors")
+        for name, t in zip(("posterior mu", "posterior logvar"), posterior):
+            checks.tensor(name, t, floating=True, ndim=2)
+            if len(t) != len(x):
+                raise ValueError(f"{name} must have one row per image, got {len(t)} for "
+                                 f"{len(x)} images")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    group = max(1, chunk // (k * x.shape[1]))
+    out = []
+    log_2pi = math.log(2 * math.pi)
+    try:
+        for start in range(0, len(x), group):
+            part = slice(start, start + group)
+            xb = x[part].to(device)
+            yb = None if labels is None else labels[part].to(device)
+            if posterior is None:
+                mu, logvar = vae.encode(model, xb, yb) if isinstance(model, vae.VAE) \
+                    else model.encode(xb)                                   # (b, d)
+            else:
+                mu, logvar = (t[part].to(device) for t in posterior)
+            eps = torch.randn((k, *mu.shape), generator=generator, device=device, dtype=mu.dtype)
+            z = mu + torch.exp(0.5 * logvar) * eps                          # (k, b, d)
+            if isinstance(model, vae.VAE):
+                log_px_z = vae.log_likelihood(model, xb, z, yb)             # (k, b)
+            else:
+                log_px_z = -F.binary_cross_entropy_with_logits(
+                    model.decode(z), xb.expand(k, *xb.shape), reduction="none").sum(-1)
+            log_pz = -0.5 * (z ** 2 + log_2pi).sum(-1)
+            log_qz = -0.5 * (eps ** 2 + logvar + log_2pi).sum(-1)
+            out.append((log_px_z + log_pz - log_qz).double())
+    finally:
+        model.train(was_training)
+    return out
+
+
 @torch.no_grad()
 def importance_sampled_nll(model: torch.nn.Module, x: torch.Tensor, k: int = 1000,
                            chunk: int = 4_000_000,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+                           generator: torch.Generator | None = None,
+                           labels: torch.Tensor | None = None,
+                           posterior: tuple[torch.Tensor, torch.Tensor] | None = None
+                           ) -> torch.Tensor:
     r"""Per-image estimate (nats) of :math:`-\log p(x)` for a VAE with a Bernoulli decoder, by
     importance sampling with the encoder as proposal (chapter 3; Burda et al. 2016).
 
@@ -72,38 +132,91 @@ def importance_sampled_nll(model: torch.nn.Module, x: torch.Tensor, k: int = 100
     Its expectation is an upper bound on :math:`-\log p(x)` that decreases with :math:`k`, equals
     the negative ELBO at :math:`k = 1`, and tends to :math:`-\log p(x)` as
     :math:`k \to \infty`. ``model`` needs ``encode(x) -> (mu, logvar)`` and
-    ``decode(z) -> logits`` (:class:`aigc_lib.models.vae.VAE`); ``x`` is ``(B, D)`` binary. The
-    ``k`` samples of each image are decoded in one batch; images are processed in groups so that
-    at most about ``chunk`` logits exist at once.
+    ``decode(z) -> logits`` (:class:`aigc_lib.models.vae.VAE`; a
+    :class:`~aigc_lib.models.vae.ConditionalVAE` with ``labels``, which estimates
+    :math:`-\log p(x\mid y)`; an :class:`~aigc_lib.models.vae.AutoregressiveVAE`); ``x`` is
+    ``(B, D)`` binary. ``posterior=(mu, logvar)`` replaces the encoder's proposal by given
+    Gaussians (e.g. from :func:`aigc_lib.models.vae.optimise_posterior`). The ``k`` samples of
+    each image are decoded in one batch; images are processed in groups so that at most about
+    ``chunk`` logits exist at once.
     """
-    if not (callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))):
-        raise TypeError(f"model must have encode(x) -> (mu, logvar) and decode(z) -> logits "
-                        f"methods, got {type(model).__name__}")
-    _binary("x", x)
-    checks.positive_number("k", k, integer=True)
-    checks.positive_number("chunk", chunk, integer=True)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    group = max(1, chunk // (k * x.shape[1]))
-    out = []
+    log_w = _log_weights(model, x, k, chunk, generator, labels, posterior)
+    return torch.cat([-(torch.logsumexp(w, dim=0) - math.log(k)) for w in log_w]).cpu()
+
+
+@torch.no_grad()
+def negative_elbo(model: torch.nn.Module, x: torch.Tensor, k: int = 100,
+                  chunk: int = 4_000_000, generator: torch.Generator | None = None,
+                  labels: torch.Tensor | None = None,
+                  posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    r"""Per-image Monte-Carlo estimate (nats) of the negative ELBO,
+    :math:`-\frac1k\sum_{j=1}^k \log w_j` with the weights of :func:`importance_sampled_nll`
+    (chapter 3): an unbiased estimate of
+    :math:`\mathbb E_q[-\log p(x\mid z)] + \mathrm{KL}(q\,\|\,p)`, whose difference from the
+    importance-sampled NLL estimates how loose the bound is for this :math:`q`. Same arguments
+    as :func:`importance_sampled_nll`."""
+    log_w = _log_weights(model, x, k, chunk, generator, labels, posterior)
+    return torch.cat([-w.mean(dim=0) for w in log_w]).cpu()
+
+
+def latent_activity(mu: torch.Tensor) -> torch.Tensor:
+    r"""Activity of each latent unit (chapter 3; Burda et al. 2016): the variance over images of
+    the posterior mean,
+
+    .. math:: A_u = \operatorname{Cov}_x\big(\mathbb E_{q(z\mid x)}[z_u]\big)
+              = \frac1{N-1}\sum_{n=1}^{N}\big(\mu_u(x_n) - \bar\mu_u\big)^2 .
+
+    A unit whose mean does not move with the image carries no information about it.
+    ``mu`` is ``(N, d)`` with :math:`N \ge 2`; returns ``(d,)``."""
+    checks.tensor("mu", mu, floating=True, ndim=2)
+    if len(mu) < 2:
+        raise ValueError(f"mu must hold at least 2 images (rows) to have a variance, got {len(mu)}")
+    return mu.double().var(dim=0, unbiased=True)
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    r"""Number of latent units whose activity :math:`A_u` (:func:`latent_activity`) exceeds
+    ``threshold`` (Burda et al. 2016 use :math:`10^{-2}`)."""
+    checks.positive_number("threshold", threshold)
+    return int((latent_activity(mu) > threshold).sum())
+
+
+@torch.no_grad()
+def latent_mutual_information(mu: torch.Tensor, logvar: torch.Tensor, samples: int = 10,
+                              generator: torch.Generator | None = None) -> float:
+    r"""Mutual information :math:`I_q(x; z)` (nats) between the images and their codes under the
+    encoder's joint :math:`q(x, z) = \hat p(x)\,q(z\mid x)`, with :math:`\hat p` uniform over
+    the :math:`N` images whose posteriors are ``(mu, logvar)`` (chapter 3):
+
+    .. math:: I_q(x; z) = \frac1N\sum_{n=1}^N \mathbb E_{z\sim q(z\mid x_n)}\Big[\log q(z\mid x_n)
+              - \log \frac1N\sum_{m=1}^N q(z\mid x_m)\Big].
+
+    The aggregate posterior :math:`q(z) = \frac1N\sum_m q(z\mid x_m)` is computed exactly; the
+    expectation uses ``samples`` draws per image (``eps`` of shape ``(samples, N, d)`` from
+    ``generator``). It lies in :math:`[0, \log N]`, and the rate
+    :math:`R = \frac1N\sum_n \mathrm{KL}(q(z\mid x_n)\,\|\,p(z)) = I_q(x; z)
+    + \mathrm{KL}(q(z)\,\|\,p(z))` bounds it from above (Hoffman & Johnson 2016). Costs
+    :math:`O(N^2 d)` per draw."""
+    checks.tensor("mu", mu, floating=True, ndim=2)
+    checks.tensor("logvar", logvar, floating=True, ndim=2)
+    checks.same_shape("mu", mu, "logvar", logvar)
+    checks.positive_number("samples", samples, integer=True)
+    mu, logvar = mu.double(), logvar.double()
+    n, d = mu.shape
+    eps = torch.randn((samples, n, d), generator=generator, dtype=torch.float64,
+                      device=mu.device)
+    z = mu + (0.5 * logvar).exp() * eps                                     # (S, N, d)
     log_2pi = math.log(2 * math.pi)
-    try:
-        for start in range(0, len(x), group):
-            xb = x[start:start + group].to(device)
-            mu, logvar = model.encode(xb)                                   # (b, d)
-            eps = torch.randn((k, *mu.shape), generator=generator, device=device, dtype=mu.dtype)
-            z = mu + torch.exp(0.5 * logvar) * eps                          # (k, b, d)
-            logits = model.decode(z)                                        # (k, b, D)
-            log_px_z = -F.binary_cross_entropy_with_logits(
-                logits, xb.expand_as(logits), reduction="none").sum(-1)     # (k, b)
-            log_pz = -0.5 * (z ** 2 + log_2pi).sum(-1)
-            log_qz = -0.5 * (eps ** 2 + logvar + log_2pi).sum(-1)
-            log_w = (log_px_z + log_pz - log_qz).double()
-            out.append(-(torch.logsumexp(log_w, dim=0) - math.log(k)))
-    finally:
-        model.train(was_training)
-    return torch.cat(out).cpu()
+    own = -0.5 * (eps ** 2 + logvar + log_2pi).sum(-1)                      # log q(z|x_n)
+    # log q(z|x_m) for every draw z and image m, expanding the square into two matrix products:
+    # -1/2 [ z^2 . (1/v_m) - 2 z . (mu_m / v_m) + sum_j (mu_mj^2 / v_mj + log v_mj + log 2 pi) ]
+    inv_var = (-logvar).exp()                                               # (N, d)
+    const = (mu ** 2 * inv_var + logvar + log_2pi).sum(-1)                  # (N,)
+    flat, rows = z.reshape(-1, d), max(1, 2 ** 22 // n)                     # (S N, d)
+    aggregate = torch.cat([torch.logsumexp(-0.5 * (
+        (block ** 2) @ inv_var.T - 2 * block @ (mu * inv_var).T + const), dim=1)
+        for block in flat.split(rows)]) - math.log(n)                       # log q(z)
+    return (own - aggregate.view(samples, n)).mean().item()
 
 
 # ------------------------------------------------- bits per byte and compression (chapter 7)
