@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aigc_lib import checks, encoders
+from aigc_lib import checks, encoders, runtime
 
 IGNORE_INDEX = -100        # the label value that cross-entropy (torch and transformers) skips
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -196,10 +196,8 @@ def answer_nll(model: nn.Module, encoded: Encoded, batch_size: int = 32) -> tupl
         raise TypeError(f"encoded must be an Encoded batch, got {type(encoded).__name__}")
     checks.positive_number("batch_size", batch_size, integer=True)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with runtime.eval_mode(model):
         for start in range(0, len(encoded), batch_size):
             rows = slice(start, start + batch_size)
             batch = _trim(*(t[rows] for t in encoded.tensors()))
@@ -209,8 +207,6 @@ def answer_nll(model: nn.Module, encoded: Encoded, batch_size: int = 32) -> tupl
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                      ignore_index=IGNORE_INDEX, reduction="sum").item()
             count += int((targets != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("encoded has no answer tokens to score")
     return total, count
@@ -289,12 +285,8 @@ def generate_answer(model: nn.Module, tokenizer, question: str, max_new_tokens: 
             raise ValueError(f"max_new_tokens must be < the model's context ({limit})")
         prompt = prompt[-(limit - max_new_tokens):]
     ids = torch.tensor([prompt], device=device)
-    was_training = model.training
-    model.eval()
-    try:
+    with runtime.eval_mode(model):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                              max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=pad_token_id(tokenizer))
-    finally:
-        model.train(was_training)
     return tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).strip()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from aigc_lib import checks
+from aigc_lib import checks, runtime
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -80,13 +80,11 @@ def importance_sampled_nll(model: torch.nn.Module, x: torch.Tensor, k: int = 100
     _binary("x", x)
     checks.positive_number("k", k, integer=True)
     checks.positive_number("chunk", chunk, integer=True)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     group = max(1, chunk // (k * x.shape[1]))
     out = []
     log_2pi = math.log(2 * math.pi)
-    try:
+    with runtime.eval_mode(model):
         for start in range(0, len(x), group):
             xb = x[start:start + group].to(device)
             mu, logvar = model.encode(xb)                                   # (b, d)
@@ -99,8 +97,6 @@ def importance_sampled_nll(model: torch.nn.Module, x: torch.Tensor, k: int = 100
             log_qz = -0.5 * (eps ** 2 + logvar + log_2pi).sum(-1)
             log_w = (log_px_z + log_pz - log_qz).double()
             out.append(-(torch.logsumexp(log_w, dim=0) - math.log(k)))
-    finally:
-        model.train(was_training)
     return torch.cat(out).cpu()
 
 

@@ -20,7 +20,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -141,14 +140,8 @@ def record(chapter: str, comparisons: list[Comparison]) -> Path:
     payload = {"chapter": chapter, "profile": runtime.profile(),
                "library_version": __version__, "created": time.time(),
                "comparisons": [asdict(c) for c in comparisons]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{chapter}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with runtime.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     return path
 
 

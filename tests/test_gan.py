@@ -108,8 +108,6 @@ def test_saturating_gradient_vanishes_where_the_non_saturating_one_does_not():
     (lambda: losses.gan_discriminator_loss([1.0], torch.zeros(2)), TypeError, "real_logits"),
     (lambda: losses.gan_discriminator_loss(torch.zeros(2), torch.zeros(2, dtype=torch.long)),
      TypeError, "fake_logits"),
-    (lambda: losses.gan_discriminator_loss(torch.tensor([math.nan]), torch.zeros(2)),
-     ValueError, "real_logits contains NaN"),
     (lambda: losses.gan_discriminator_loss(torch.zeros(2), torch.zeros(2), reduction="none"),
      ValueError, "reduction"),
     (lambda: losses.gan_discriminator_loss(torch.zeros(0), torch.zeros(2)), ValueError,
@@ -118,7 +116,6 @@ def test_saturating_gradient_vanishes_where_the_non_saturating_one_does_not():
      "saturating must be a bool"),
     (lambda: losses.gan_generator_loss(torch.zeros(2), reduction="avg"), ValueError,
      "reduction"),
-    (lambda: losses.gan_generator_loss(torch.tensor([math.inf])), ValueError, "fake_logits"),
 ])
 def test_gan_losses_bad_input(call, error, words):
     with pytest.raises(error, match=words):
@@ -222,8 +219,6 @@ def test_model_bad_input():
         d(torch.zeros(3, 3))
     with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
         d(torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="x contains NaN"):
-        d(torch.full((2, 3), math.nan))
 
 
 # --- data: the ring of Gaussians ---------------------------------------------------------------
