@@ -503,6 +503,10 @@ def test_fit_gan_nan_guard_names_the_loss_and_keeps_the_checkpoint(tmp_path, whi
     (dict(checkpoint="gan.pt"), ValueError, "checkpoint must end in .safetensors"),
     (dict(amp="fp16"), ValueError, "amp must be"),
     (dict(g_loss_fn=lambda d, f: d(f)), TypeError, "loss_fn must return a scalar"),
+    (dict(g_scheduler="cosine"), TypeError, "g_scheduler must be a learning-rate scheduler"),
+    (dict(evaluate=lambda g, d: 1.0), TypeError, "evaluate must return a mapping"),
+    (dict(d_optimizer=torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), 0.1)), ValueError,
+     "d_optimizer holds none of discriminator's trainable parameters"),
 ])
 def test_fit_gan_bad_input(kwargs, error, words):
     generator, discriminator, g_opt, d_opt = make_gan()
