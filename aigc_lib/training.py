@@ -250,7 +250,7 @@ class _LossLog:
         if self.interval > 1:
             self.pending.append((step, name, loss.detach()))
             return
-        value = self._read([loss.detach()])[0]
+        value = loss.item() if self.procs.world == 1 else self._read([loss.detach()])[0]
         if not math.isfinite(value):
             self.stop(name, value, step)
         self.pending.append((step, name, value))
@@ -258,6 +258,11 @@ class _LossLog:
     def add(self, terms: Mapping[str, torch.Tensor]) -> None:
         for key, value in terms.items():
             self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+
+    def end_step(self, step: int) -> None:
+        """Every ``interval`` steps, read the losses of the last ``interval`` steps."""
+        if self.interval > 1 and step % self.interval == 0:
+            self.flush()
 
     def flush(self) -> None:
         """Read the pending losses (one device synchronisation), check them, keep them."""
@@ -356,8 +361,7 @@ def run(state: TrainState, step: Step, stream: Stream, total: int, eval_every: i
             batch = stream.for_step(state.step)        # this process's share, on the device
             state.log.add(step(batch, state))          # forward, backward, optimizer steps
             state.step += 1
-            if state.step % state.log.interval == 0:
-                state.log.flush()                      # read the losses: the NaN guard
+            state.log.end_step(state.step)             # every sync_interval steps: NaN guard
             bar.update()
             if state.step % eval_every == 0 or state.step == total:
                 bar.set_postfix(record(state), refresh=False)
