@@ -129,7 +129,8 @@ def gan_step(generator: torch.nn.Module, discriminator: torch.nn.Module, *,
 
 def _check_gan(generator: Any, discriminator: Any, g_optimizer: Any, d_optimizer: Any,
                d_loss_fn: Any, g_loss_fn: Any, evaluate: Any, saturating: Any,
-               g_scheduler: Any, d_scheduler: Any) -> int:
+               g_scheduler: Any, d_scheduler: Any, steps: Any, batch_size: Any, d_steps: Any,
+               seed: Any) -> int:
     """Argument checks of :func:`fit_gan`; returns the generator's ``latent_dim``."""
     for name, value in (("generator", generator), ("discriminator", discriminator)):
         if not isinstance(value, torch.nn.Module):
@@ -152,6 +153,10 @@ def _check_gan(generator: Any, discriminator: Any, g_optimizer: Any, d_optimizer
         raise ValueError("give either saturating=True or g_loss_fn, not both")
     engine.check_scheduler("g_scheduler", g_scheduler)
     engine.check_scheduler("d_scheduler", d_scheduler)
+    checks.positive_number("steps", steps, integer=True)
+    checks.positive_number("batch_size", batch_size, integer=True)
+    checks.positive_number("d_steps", d_steps, integer=True)
+    checks.positive_number("seed", seed, integer=True, allow_zero=True)
     return latent_dim
 
 
@@ -168,19 +173,14 @@ def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: A
             sync_interval: int | None = None) -> GANHistory:
     r"""Train a GAN by alternating gradient steps on its two players (chapter 4).
 
-    One step (:func:`gan_step`): ``d_steps`` times, take a batch of ``batch_size`` real examples
-    and as many generated ones :math:`G(z)`, :math:`z \sim \mathcal N(0, I_k)` with :math:`k` =
-    ``generator.latent_dim``, and take a ``d_optimizer`` step on the discriminator's loss (by
-    default :func:`aigc_lib.losses.gan_discriminator_loss`); then take a ``g_optimizer`` step on
-    the generator's loss, computed on the last batch of generated examples against the *updated*
-    discriminator (by default :func:`aigc_lib.losses.gan_generator_loss`, non-saturating unless
-    ``saturating``).
-
-    The loop is :func:`aigc_lib.training.fit`'s: the batching of ``train`` (a tensor of real
-    examples, or a tuple/``Dataset`` whose first element is the example; labels are ignored),
-    bf16 autocast on CUDA, the NaN guard (both losses are checked before their updates on the
-    CPU), the safetensors checkpoint written at each evaluation point and the bit-identical
-    resume (the noise generator, the data order and every random generator are saved).
+    One step (:func:`gan_step`): ``d_steps`` discriminator updates, each on ``batch_size`` real
+    examples and as many :math:`G(z)`, :math:`z \sim \mathcal N(0, I_k)`, :math:`k` =
+    ``generator.latent_dim`` (loss: by default :func:`aigc_lib.losses.gan_discriminator_loss`);
+    then a generator update on the last fakes against the *updated* discriminator (by default
+    :func:`aigc_lib.losses.gan_generator_loss`, non-saturating unless ``saturating``). ``train``
+    is a tensor of real examples, or a tuple/``Dataset`` whose first element is the example.
+    Everything else is :func:`aigc_lib.training.fit`'s loop: bf16 autocast on CUDA, the NaN
+    guard, checkpoints and the bit-identical resume (the noise generator is saved too).
 
     Args:
         steps: generator steps to take in all. Real batches are drawn without replacement, in a
@@ -205,11 +205,8 @@ def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: A
             to 24 steps late (always before the next checkpoint is written).
     """
     latent_dim = _check_gan(generator, discriminator, g_optimizer, d_optimizer, d_loss_fn,
-                            g_loss_fn, evaluate, saturating, g_scheduler, d_scheduler)
-    total = checks.positive_number("steps", steps, integer=True)
-    checks.positive_number("batch_size", batch_size, integer=True)
-    checks.positive_number("d_steps", d_steps, integer=True)
-    checks.positive_number("seed", seed, integer=True, allow_zero=True)
+                            g_loss_fn, evaluate, saturating, g_scheduler, d_scheduler, steps,
+                            batch_size, d_steps, seed)
     procs = engine.processes()
     if procs.world > 1:
         raise NotImplementedError("fit_gan trains in one process; under torchrun use fit, or "
@@ -219,9 +216,8 @@ def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: A
     examples = engine.Examples(train, "train")
     if examples.size < batch_size:
         raise ValueError(f"batch_size={batch_size} exceeds the {examples.size} training examples")
-    n = examples.size
-    stream = engine.Stream(examples, batch_size, True, engine.seeded_order(
-        lambda g: torch.randperm(n, generator=g), seed), dev, procs, per_step=d_steps)
+    stream = engine.Stream(examples, batch_size, True, engine.shuffled(examples.size, seed), dev,
+                           procs, per_step=d_steps)
     eval_every = max(1, stream.per_epoch // d_steps) if eval_every is None else \
         checks.positive_number("eval_every", eval_every, integer=True)
     generator.to(dev).train()
@@ -237,13 +233,13 @@ def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: A
                        {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer},
                        {"g_scheduler": g_scheduler, "d_scheduler": d_scheduler},
                        {"noise_rng": noise_rng}, GANHistory())
-    config = {"train_size": n, "batch_size": batch_size, "total_steps": total,
+    config = {"train_size": examples.size, "batch_size": batch_size, "total_steps": steps,
               "d_steps": d_steps, "saturating": saturating, "seed": seed,
               "eval_every": eval_every}
     evaluation = (lambda: engine.metrics(evaluate, generator, discriminator)) if evaluate \
         else dict
     interval = engine.sync_interval_for(dev, sync_interval)
-    return engine.resume_and_run(state, step, stream, total=total, eval_every=eval_every,
+    return engine.resume_and_run(state, step, stream, total=steps, eval_every=eval_every,
                                  evaluation=evaluation, config=config, checkpoint=checkpoint,
                                  resume=resume, interval=interval, procs=procs,
                                  progress=progress, desc=desc)

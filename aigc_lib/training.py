@@ -146,6 +146,11 @@ def seeded_order(draw: Callable[[torch.Generator], torch.Tensor], seed: int) -> 
     return _Replay(draw, seed)
 
 
+def shuffled(n: int, seed: int) -> Order:
+    """``fit``'s default order: a fresh random permutation of ``n`` examples every epoch."""
+    return seeded_order(lambda generator: torch.randperm(n, generator=generator), seed)
+
+
 @dataclass(frozen=True)
 class Processes:
     """This process's ``rank`` among ``world`` processes (1 unless started by ``torchrun``)."""
@@ -655,8 +660,7 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput
               "seed": seed}
     if order is None:
         n = examples.size
-        order = (seeded_order(lambda g: torch.randperm(n, generator=g), seed) if shuffle
-                 else lambda epoch: torch.arange(n))
+        order = shuffled(n, seed) if shuffle else lambda epoch: torch.arange(n)
     stream = Stream(examples, batch_size, drop_last, order, dev, procs)
     total = stream.per_epoch * epochs if epochs is not None else steps
     eval_every = stream.per_epoch if eval_every is None else checks.positive_number(
@@ -666,14 +670,12 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput
     step = supervised_step(parallel(model, procs, dev), loss_fn, optimizer, scheduler,
                            clip_grad_norm, autocast)
 
-    def evaluation() -> dict[str, float]:
-        row = {}
-        if val_examples is not None:
-            scores = _mean_loss(model, val_examples, loss_fn, max(batch_size, 256), dev, autocast)
-            row.update({f"val_{key}": value for key, value in scores.items()})
-        if evaluate is not None:
-            row.update(metrics(evaluate, model))
-        return {**row, "lr": optimizer.param_groups[0]["lr"]}
+    def evaluation() -> dict[str, float]:          # process 0, at every evaluation point
+        row = {f"val_{key}": value for key, value in _mean_loss(
+            model, val_examples, loss_fn, max(batch_size, 256), dev, autocast).items()
+        } if val_examples is not None else {}
+        return {**row, **(metrics(evaluate, model) if evaluate else {}),
+                "lr": optimizer.param_groups[0]["lr"]}
 
     model.train()
     return resume_and_run(state, step, stream, total=total, eval_every=eval_every, evaluation=evaluation,
