@@ -49,7 +49,9 @@ class GANHistory(History):
 def grad_norm(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     r""":math:`\|g\|_2` over every parameter that has a gradient (0 when none has)."""
     norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-    return torch.stack(norms).norm() if norms else torch.zeros(())
+    if not norms:
+        return torch.zeros((), device=params[0].device if params else None)
+    return torch.stack(norms).norm()
 
 
 def discriminator_loss(discriminator: torch.nn.Module, real: torch.Tensor,

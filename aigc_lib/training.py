@@ -208,6 +208,8 @@ class Stream:
                              f"epoch ({last} examples) must be multiples of {procs.world}; change "
                              f"batch_size or pass drop_last=True")
         self.move = examples.tensors is None or any(t.device != dev for t in examples.tensors)
+        # an order indexes the tensors where they are: no copy of indices per step
+        self.home = examples.tensors[0].device if examples.tensors else torch.device("cpu")
         self.epoch, self.current = -1, torch.empty(0, dtype=torch.long)
 
     def rows(self, number: int) -> torch.Tensor:
@@ -215,7 +217,8 @@ class Stream:
         process reads."""
         epoch, position = divmod(number, self.per_epoch)
         if epoch != self.epoch:
-            self.epoch, self.current = epoch, self._checked(self.order(epoch), epoch)
+            self.epoch = epoch
+            self.current = self._checked(self.order(epoch), epoch).to(self.home)
         rows = self.current[position * self.batch_size:(position + 1) * self.batch_size]
         if self.world > 1:
             share = len(rows) // self.world
@@ -447,7 +450,10 @@ def parallel(module: torch.nn.Module, procs: Processes, dev: torch.device) -> to
     if procs.world == 1:
         return module
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if dev.type != "cuda":
+        return DistributedDataParallel(module)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(module, device_ids=[index])
 
 
 def sync_interval_for(dev: torch.device, sync_interval: int | None) -> int:
