@@ -7,7 +7,8 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``losses``      losses derived in the book, tested equal to ``torch.nn.functional``
 - ``gradcheck``   finite-difference gradient checks with a per-input report
 - ``checkpoint``  safetensors weights and training checkpoints
-- ``training``    ``fit``: the training loop, with history, clipping, NaN guard and resume
+- ``training``    one training engine: ``fit`` (history, clipping, NaN guard, resume, torchrun)
+- ``gan_training`` ``fit_gan``: the GAN's step on the same engine (chapter 4)
 - ``viz``         history plots, image grids, results tables
 - ``data``        offline datasets with fixed splits
 - ``metrics``     evaluation metrics, calibration, bootstrap intervals

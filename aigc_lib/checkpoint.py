@@ -3,8 +3,9 @@
 A training checkpoint is one ``.safetensors`` file holding the model's tensors (``model.*``),
 the optimizer's and scheduler's tensors, and the random-number-generator states, plus a JSON
 header for everything that is not a tensor (step, history, hyper-parameters). Files are written
-to a temporary name and renamed, so an interrupted save never destroys the previous checkpoint.
-Nothing here unpickles: no ``torch.load``, so loading a checkpoint cannot run code.
+to a temporary name and renamed (:func:`aigc_lib.runtime.atomic_path`), so an interrupted save
+never destroys the previous checkpoint. Nothing here unpickles: no ``torch.load``, so loading a
+checkpoint cannot run code; a file that is not safetensors is refused with an error naming it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from aigc_lib import runtime
 
 _TENSOR, _DICT, _TUPLE = "__tensor__", "__dict__", "__tuple__"
 
@@ -89,35 +92,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write named tensors (and string ``metadata``) to one safetensors file, atomically."""
+    path = _path(path)
+    with runtime.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file, or an error that names the file."""
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint ({err}); it may be "
+                         f"truncated, empty, or another format such as a torch.save file") from err
+    return tensors, metadata
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Save a nested dict of tensors and plain values to one safetensors file, atomically."""
-    path = _path(path)
     tensors: dict[str, torch.Tensor] = {}
     header = flatten(state, "s", tensors)
-    _write_atomically(tensors, {"aigc_lib_state": json.dumps(header)}, path)
-    return path
+    return save_tensors(tensors, path, {"aigc_lib_state": json.dumps(header)})
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Load what :func:`save_state` saved (tensors on the CPU)."""
     path = _path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    tensors, metadata = _read(path)
     if "aigc_lib_state" not in metadata:
         raise ValueError(f"{path} is a safetensors file but not an aigc_lib training checkpoint")
-    return unflatten(json.loads(metadata["aigc_lib_state"]), load_file(str(path)))
+    try:
+        return unflatten(json.loads(metadata["aigc_lib_state"]), tensors)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint: its training state "
+                         f"is damaged ({err!r})") from err
 
 
 def save_weights(model: torch.nn.Module, path: str | os.PathLike,
@@ -125,19 +140,14 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike,
     """Save a model's ``state_dict`` as safetensors (tied weights are stored once per name)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = _path(path)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    _write_atomically(tensors, dict(metadata or {}), path)
-    return path
+    return save_tensors(tensors, path, metadata)
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> torch.nn.Module:
     """Load safetensors weights saved by :func:`save_weights` into ``model`` (in place)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = _path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no weights at {path}")
-    state = load_file(str(path))
+    state, _ = _read(_path(path))
     model.load_state_dict(state, strict=strict)
     return model

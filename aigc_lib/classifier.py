@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aigc_lib import checks, encoders, optim, runtime
-from aigc_lib.training import History, fit
+from aigc_lib import checkpoint, checks, encoders, optim, runtime
+from aigc_lib.training import History, fit, seeded_order
 
 
 class SentenceClassifier(torch.nn.Module):
@@ -155,8 +155,9 @@ def train_classifier(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
     with the learning rate rising linearly over the first ``warmup`` fraction of the steps and
     decaying along a cosine to zero (:func:`aigc_lib.optim.warmup_cosine_scheduler`).
     With ``bucket`` each epoch reads the messages in batches of similar length
-    (:func:`length_bucketed_order`, one ``fit`` call per epoch), so that little compute goes
-    to padding; otherwise ``fit`` shuffles them. ``seed`` seeds the data order and dropout.
+    (:func:`length_bucketed_order`, passed to ``fit`` as its data order), so that little
+    compute goes to padding; otherwise ``fit`` shuffles them. ``seed`` seeds the data order
+    and dropout.
     Returns the history (one record per epoch); ``model`` is trained in place and left in
     eval mode.
     """
@@ -184,24 +185,13 @@ def train_classifier(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     steps = epochs * math.ceil(len(ids) / batch_size)
     schedule = optim.warmup_cosine_scheduler(opt, max(1, round(warmup * steps)), steps)
-    common = dict(loss_fn=cross_entropy_loss, optimizer=opt, batch_size=batch_size,
-                  scheduler=schedule, seed=seed, device=dev, progress=progress, desc=desc)
-    if not bucket:
-        history = fit(model, (ids, mask, labels), epochs=epochs, **common)
-        model.eval()
-        return history
-    history, lengths = History(), mask.sum(1)
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        order = length_bucketed_order(lengths, batch_size, generator)
-        part = fit(model, (ids[order], mask[order], labels[order]), epochs=1, shuffle=False,
-                   **common)
-        for row in part.records:
-            history.records.append({**row, "step": row["step"] + len(history.step_losses),
-                                    "epoch": row["epoch"] + epoch,
-                                    "seconds": row["seconds"] + history.seconds})
-        history.step_losses.extend(part.step_losses)
-        history.seconds += part.seconds
+    order = None
+    if bucket:
+        lengths = mask.sum(1)
+        order = seeded_order(lambda g: length_bucketed_order(lengths, batch_size, g), seed)
+    history = fit(model, (ids, mask, labels), loss_fn=cross_entropy_loss, optimizer=opt,
+                  epochs=epochs, batch_size=batch_size, scheduler=schedule, seed=seed,
+                  device=dev, progress=progress, desc=desc, order=order)
     model.eval()
     return history
 
@@ -217,29 +207,18 @@ def predict_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
                          f"{tuple(mask.shape)}")
     checks.positive_number("batch_size", batch_size, integer=True)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with runtime.eval_mode(model):
         out = [model(ids[s:s + batch_size].to(device), mask[s:s + batch_size].to(device))
                .float().cpu() for s in range(0, len(ids), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 
 def save_trainable(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Save only the trainable parameters of ``model`` (all of them after full fine-tuning;
-    the adapters and the head after :func:`add_lora`) as one safetensors file."""
-    from safetensors.torch import save_file
-
-    from aigc_lib.checkpoint import _path
-
-    path = _path(path)
+    the adapters and the head after :func:`add_lora`) as one safetensors file, atomically."""
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     if not names:
         raise ValueError("model has no trainable parameters to save")
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
                if id(p) in names and names[id(p)] == n}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
-    return path
+    return checkpoint.save_tensors(tensors, path)

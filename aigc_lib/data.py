@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aigc_lib import checks
+from aigc_lib import checks, runtime
 
 DIGITS_TEST_SIZE = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -141,10 +141,8 @@ def _download_verified(url: str, dest: Path, md5: str) -> None:
     if got != md5:
         raise ValueError(f"download of {url} has MD5 {got}, expected {md5}; it was not saved "
                          f"(a corrupted or substituted file is never used)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".part{os.getpid()}")
-    tmp.write_bytes(payload)
-    os.replace(tmp, dest)
+    with runtime.atomic_path(dest) as tmp:
+        tmp.write_bytes(payload)
 
 
 def mnist(split: str = "train", flatten: bool = True, binarize: float | None = None,

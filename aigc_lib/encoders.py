@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from aigc_lib import checks
+from aigc_lib import checks, runtime
 
 
 @contextlib.contextmanager
@@ -153,16 +153,12 @@ def embed(encoder: torch.nn.Module, tokenizer: Any, texts: Sequence[str], max_le
     ids, mask = tokenize(tokenizer, texts, max_length)
     order = torch.argsort(mask.sum(1), stable=True)
     device = next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
     out = torch.empty(len(texts), encoder.config.hidden_size)
-    try:
+    with runtime.eval_mode(encoder):
         for start in tqdm(range(0, len(texts), batch_size), desc="embed", disable=not progress):
             rows = order[start:start + batch_size]
             vectors = encode(encoder, ids[rows].to(device), mask[rows].to(device), normalize)
             out[rows] = vectors.float().cpu()
-    finally:
-        encoder.train(was_training)
     return out
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from aigc_lib import checks, encoders, losses
+from aigc_lib import checks, encoders, losses, runtime
 
 IGNORE_INDEX = -100        # the label value that cross-entropy (torch and transformers) skips
 ROLES = ("system", "user", "assistant")
@@ -374,7 +374,7 @@ def answer_nll_rows(model: nn.Module, encoded: Encoded,
     checks.positive_number("batch_size", batch_size, integer=True)
     device = next(model.parameters()).device
     nll, count = [], []
-    with _eval_mode(model):
+    with runtime.eval_mode(model):
         for start in range(0, len(encoded), batch_size):
             rows = slice(start, start + batch_size)
             ids, mask, labels = (t.to(device) for t in _trim(*(t[rows] for t in
@@ -384,19 +384,6 @@ def answer_nll_rows(model: nn.Module, encoded: Encoded,
             nll.append(per_token.double().sum(1).cpu())
             count.append((labels[:, 1:] != IGNORE_INDEX).sum(1).cpu())
     return torch.cat(nll), torch.cat(count)
-
-
-class _eval_mode:
-    """Evaluate in eval mode and restore the previous mode, even on an exception."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
 
 
 def answer_nll(model: nn.Module, encoded: Encoded, batch_size: int = 32) -> tuple[float, int]:
@@ -566,7 +553,7 @@ def generate_replies(model: nn.Module, tokenizer, conversations: Sequence[Sequen
         prompts.append(ids[-(limit - max_new_tokens):] if limit else ids)
     device = next(model.parameters()).device
     replies = []
-    with _eval_mode(model):
+    with runtime.eval_mode(model):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             width = max(map(len, chunk))

@@ -31,6 +31,7 @@ class InputReport:
     analytic: float
     numerical: float
     passed: bool
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class GradcheckReport:
             lines.append(f"  {r.name} {r.shape}: max abs err {r.max_abs_error:.2e}, max rel err "
                          f"{r.max_rel_error:.2e} at {r.worst_index} (analytic {r.analytic:.6g}, "
                          f"numerical {r.numerical:.6g}) {verdict}")
+            if r.note:
+                lines.append(f"    {r.note}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -117,19 +120,28 @@ def numerical_jacobian(f: Callable[..., torch.Tensor], inputs: Sequence[torch.Te
     return jacobians
 
 
-def analytic_jacobian(f: Callable[..., torch.Tensor],
-                      inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Jacobians of ``f`` (outputs flattened) w.r.t. each input from autograd, row by row."""
+def _autograd_jacobians(f: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]
+                        ) -> tuple[list[torch.Tensor], list[bool]]:
+    """Autograd's Jacobians, and for each input whether autograd reaches it from the output."""
     xs = [x.requires_grad_(True) for x in
           _as_float64_inputs(inputs, [f"inputs[{i}]" for i in range(len(inputs))])]
     out = _flat_output(f, xs)
     jacobians = [torch.zeros(out.numel(), x.numel(), dtype=torch.float64) for x in xs]
-    for k in range(out.numel()):
-        grads = torch.autograd.grad(out[k], xs, retain_graph=True, allow_unused=True)
-        for jac, g in zip(jacobians, grads):
-            if g is not None:
-                jac[k] = g.reshape(-1)
-    return jacobians
+    reached = [False] * len(xs)
+    if out.requires_grad:            # else f's output has no gradient path to any input
+        for k in range(out.numel()):
+            grads = torch.autograd.grad(out[k], xs, retain_graph=True, allow_unused=True)
+            for i, g in enumerate(grads):
+                if g is not None:
+                    jacobians[i][k], reached[i] = g.reshape(-1), True
+    return jacobians, reached
+
+
+def analytic_jacobian(f: Callable[..., torch.Tensor],
+                      inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Jacobians of ``f`` (outputs flattened) w.r.t. each input from autograd, row by row; an
+    input that autograd cannot reach from the output gets zeros."""
+    return _autograd_jacobians(f, inputs)[0]
 
 
 def check_gradients(f: Callable[..., torch.Tensor], *inputs: torch.Tensor,
@@ -140,7 +152,9 @@ def check_gradients(f: Callable[..., torch.Tensor], *inputs: torch.Tensor,
     ``f`` takes the inputs (converted to float64 copies) and returns a tensor of any shape. An
     entry passes if :math:`|J_{\text{analytic}} - J_{\text{numerical}}| \le \text{atol} +
     \text{rtol}\,|J_{\text{numerical}}|`. Returns a :class:`GradcheckReport`; call
-    ``report.raise_if_failed()`` (or ``assert report.passed``) to turn it into a test.
+    ``report.raise_if_failed()`` (or ``assert report.passed``) to turn it into a test. When ``f``
+    depends on an input that autograd cannot reach (its output computed outside torch, detached
+    or under ``no_grad``), that input fails with a note saying so.
     """
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
@@ -154,9 +168,9 @@ def check_gradients(f: Callable[..., torch.Tensor], *inputs: torch.Tensor,
     checks.positive_number("rtol", rtol, allow_zero=True)
     _as_float64_inputs(inputs, names)  # type and NaN checks with the caller's names
     numerical = numerical_jacobian(f, inputs, eps)
-    analytic = analytic_jacobian(f, inputs)
+    analytic, reached = _autograd_jacobians(f, inputs)
     reports = []
-    for name, x, a, n in zip(names, inputs, analytic, numerical):
+    for name, x, a, n, linked in zip(names, inputs, analytic, numerical, reached):
         diff = (a - n).abs()
         rel = diff / torch.maximum(a.abs(), n.abs()).clamp_min(1e-12)
         worst = int(diff.argmax()) if diff.numel() else 0
@@ -169,7 +183,10 @@ def check_gradients(f: Callable[..., torch.Tensor], *inputs: torch.Tensor,
             worst_index=index,
             analytic=float(a.reshape(-1)[worst]) if a.numel() else 0.0,
             numerical=float(n.reshape(-1)[worst]) if n.numel() else 0.0,
-            passed=bool((diff <= atol + rtol * n.abs()).all())))
+            passed=bool((diff <= atol + rtol * n.abs()).all()),
+            note="" if linked else (f"autograd does not reach {name} from f's output (no "
+                                    f"gradient path: computed outside torch, detached, or "
+                                    f"under no_grad)")))
     return GradcheckReport(tuple(reports), eps=eps, atol=atol, rtol=rtol)
 
 

@@ -6,7 +6,12 @@ the VAE loss, chapter 4 the GAN losses (which take the discriminator's logits); 
 add the language-model losses here.
 
 Conventions: ``reduction`` is ``'mean'`` (over every element), ``'sum'`` or ``'none'``; losses are
-in nats (natural logarithms).
+in nats (natural logarithms). The losses that training computes at every step check the types,
+dtypes and shapes of their arguments, never their values: reading a value (is it finite? in
+[0, 1]?) would make a GPU wait at every step (chapter 2). Values are checked where data enters
+(``fit`` refuses non-finite training data, ``metrics`` check their inputs), and ``fit`` stops at
+the first non-finite loss. The functions of distributions (entropy, KL of categoricals,
+perplexity) check their values.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ def bce_with_logits(logits: torch.Tensor, targets: torch.Tensor,
     .. math:: \ell(x, y) = \max(x, 0) - x y + \log\left(1 + e^{-|x|}\right),
 
     a form that never exponentiates a large positive number. Its gradient is
-    :math:`\partial\ell/\partial x = \sigma(x) - y` (chapter 1). Targets may be soft, in [0, 1].
+    :math:`\partial\ell/\partial x = \sigma(x) - y` (chapter 1). Targets may be soft, in [0, 1]
+    (not checked: a per-step loss reads no values).
     """
-    checks.tensor("logits", logits, floating=True)
-    checks.tensor("targets", targets, floating=True)
+    checks.tensor("logits", logits, floating=True, finite=False)
+    checks.tensor("targets", targets, floating=True, finite=False)
     checks.same_shape("logits", logits, "targets", targets)
-    checks.in_unit_interval("targets", targets)
     checks.reduction(reduction)
     losses = logits.clamp(min=0) - logits * targets + torch.log1p(torch.exp(-logits.abs()))
     return checks.apply_reduction(losses, reduction)
@@ -68,14 +73,13 @@ def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, var: torch.Tensor | f
     With a fixed :math:`\sigma^2` this is the squared error up to scale and a constant: MSE is
     the Gaussian NLL (chapter 1). Equals ``F.gaussian_nll_loss(mean, target, var, full=True)``.
     """
-    checks.tensor("target", target, floating=True)
-    checks.tensor("mean", mean, floating=True)
+    checks.tensor("target", target, floating=True, finite=False)
+    checks.tensor("mean", mean, floating=True, finite=False)
     checks.same_shape("target", target, "mean", mean)
     if not isinstance(var, torch.Tensor):
         checks.positive_number("var", var)
         var = torch.full_like(mean, float(var))
-    checks.tensor("var", var, floating=True)
-    checks.positive("var", var)
+    checks.tensor("var", var, floating=True, finite=False)   # a var <= 0 gives a NaN loss
     checks.reduction(reduction)
     try:
         var = var.expand_as(mean)
@@ -161,15 +165,15 @@ def kl_diag_gaussians(mu_q: torch.Tensor, logvar_q: torch.Tensor,
     :math:`\tfrac12\sum_j(\mu_j^2 + \sigma_j^2 - \log\sigma_j^2 - 1)`. Variances are passed as
     log-variances, as encoders output them. Returns one value per leading index.
     """
-    checks.tensor("mu_q", mu_q, floating=True)
-    checks.tensor("logvar_q", logvar_q, floating=True)
+    checks.tensor("mu_q", mu_q, floating=True, finite=False)
+    checks.tensor("logvar_q", logvar_q, floating=True, finite=False)
     checks.same_shape("mu_q", mu_q, "logvar_q", logvar_q)
     if (mu_p is None) != (logvar_p is None):
         raise ValueError("mu_p and logvar_p must be given together (or both left out for N(0, I))")
     if mu_p is None:
         mu_p, logvar_p = torch.zeros_like(mu_q), torch.zeros_like(logvar_q)
-    checks.tensor("mu_p", mu_p, floating=True)
-    checks.tensor("logvar_p", logvar_p, floating=True)
+    checks.tensor("mu_p", mu_p, floating=True, finite=False)
+    checks.tensor("logvar_p", logvar_p, floating=True, finite=False)
     checks.same_shape("mu_q", mu_q, "mu_p", mu_p)
     checks.same_shape("mu_q", mu_q, "logvar_p", logvar_p)
     terms = (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1)
@@ -211,7 +215,8 @@ def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logv
     :math:`\beta = 1` the loss is the negative ELBO in nats per image, an upper bound on
     :math:`-\log p(x)`. ``beta`` :math:`\ne 1` gives the :math:`\beta`-VAE objective. ``logits``
     and ``targets`` have shape ``(B, D)`` (or ``(B, ...)``: every dimension after the first is
-    summed); ``mu`` and ``logvar`` have shape ``(B, d)``; targets lie in [0, 1].
+    summed); ``mu`` and ``logvar`` have shape ``(B, d)``; targets lie in [0, 1] (not checked: a
+    per-step loss reads no values).
 
     ``free_bits`` :math:`\lambda > 0` (nats per latent unit; Kingma et al. 2016) replaces the KL in
     the loss by :math:`\sum_j \max\big(\lambda, \frac1B\sum_b \mathrm{KL}_{b,j}\big)`: a unit
@@ -219,12 +224,11 @@ def vae_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logv
     encoder can use it for free. The returned ``kl`` stays the true KL, so ``recon + kl``
     remains the negative ELBO.
     """
-    checks.tensor("logits", logits, floating=True)
-    checks.tensor("targets", targets, floating=True)
+    checks.tensor("logits", logits, floating=True, finite=False)
+    checks.tensor("targets", targets, floating=True, finite=False)
     checks.same_shape("logits", logits, "targets", targets)
-    checks.in_unit_interval("targets", targets)
-    checks.tensor("mu", mu, floating=True, ndim=2)
-    checks.tensor("logvar", logvar, floating=True, ndim=2)
+    checks.tensor("mu", mu, floating=True, ndim=2, finite=False)
+    checks.tensor("logvar", logvar, floating=True, ndim=2, finite=False)
     checks.same_shape("mu", mu, "logvar", logvar)
     if logits.ndim < 2 or len(logits) != len(mu):
         raise ValueError(f"logits must have shape (B, ...) with the same batch size B as mu; got "
@@ -334,8 +338,8 @@ def gan_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
     fake, zeros)``. ``reduction='sum'`` sums both terms instead of averaging them; there is no
     ``'none'``, since the two batches may differ in size. Logits of any (matching or not) shapes.
     """
-    checks.tensor("real_logits", real_logits, floating=True)
-    checks.tensor("fake_logits", fake_logits, floating=True)
+    checks.tensor("real_logits", real_logits, floating=True, finite=False)
+    checks.tensor("fake_logits", fake_logits, floating=True, finite=False)
     checks.reduction(reduction, allowed=("mean", "sum"))
     if real_logits.numel() == 0 or fake_logits.numel() == 0:
         raise ValueError("real_logits and fake_logits must not be empty")
@@ -367,7 +371,7 @@ def gan_generator_loss(fake_logits: torch.Tensor, saturating: bool = False,
     ``-F.binary_cross_entropy_with_logits(fake, zeros)`` respectively. ``reduction`` is
     ``'mean'``, ``'sum'`` or ``'none'`` (per-example terms).
     """
-    checks.tensor("fake_logits", fake_logits, floating=True)
+    checks.tensor("fake_logits", fake_logits, floating=True, finite=False)
     if not isinstance(saturating, bool):
         raise TypeError(f"saturating must be a bool, got {type(saturating).__name__}")
     checks.reduction(reduction)
@@ -390,8 +394,8 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     discriminator's parameters. For a linear logit :math:`\ell(x) = w^\top x + b` it equals
     :math:`\lVert w\rVert_2^2`.
     """
-    checks.tensor("real_logits", real_logits, floating=True)
-    checks.tensor("real", real, floating=True)
+    checks.tensor("real_logits", real_logits, floating=True, finite=False)
+    checks.tensor("real", real, floating=True, finite=False)
     if not real.requires_grad:
         raise ValueError("real must require gradients: call real.requires_grad_() before "
                          "computing real_logits from it")

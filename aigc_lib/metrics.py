@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from aigc_lib import checks
+from aigc_lib import checks, runtime
 from aigc_lib.models import vae
 
 
@@ -82,13 +82,11 @@ def _log_weights(model: torch.nn.Module, x: torch.Tensor, k: int, chunk: int,
             if len(t) != len(x):
                 raise ValueError(f"{name} must have one row per image, got {len(t)} for "
                                  f"{len(x)} images")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     group = max(1, chunk // (k * x.shape[1]))
     out = []
     log_2pi = math.log(2 * math.pi)
-    try:
+    with runtime.eval_mode(model):
         for start in range(0, len(x), group):
             part = slice(start, start + group)
             xb = x[part].to(device)
@@ -108,8 +106,6 @@ def _log_weights(model: torch.nn.Module, x: torch.Tensor, k: int, chunk: int,
             log_pz = -0.5 * (z ** 2 + log_2pi).sum(-1)
             log_qz = -0.5 * (eps ** 2 + logvar + log_2pi).sum(-1)
             out.append((log_px_z + log_pz - log_qz).double())
-    finally:
-        model.train(was_training)
     return out
 
 

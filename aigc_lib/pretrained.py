@@ -185,6 +185,7 @@ def _export(path: Path, model: gpt.GPT, tokenizer, r: Recipe, history: training.
     from transformers import PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
+    path.mkdir(parents=True)
     eot = tokenizer.token_to_id(data.END_OF_TEXT)
     model = model.float().cpu()
     hf_logging.disable_progress_bar()
@@ -226,14 +227,11 @@ def load(tokenizer: str = "bpe", profile: str | None = None, progress: bool = Tr
     with FileLock(str(path) + ".lock"):
         if (path / "history.json").exists():
             return _read(path, r, trained_now=False, device=device)
-        staging = path.with_name(path.name + ".partial")
-        staging.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(path.name + ".partial")   # the resumable training checkpoint
         model, tok, history = train(r, staging / "train.safetensors", progress=progress)
-        (staging / "train.safetensors").unlink()   # optimizer state: not needed any more
-        _export(staging, model, tok, r, history)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+        with runtime.atomic_path(path) as complete:
+            _export(complete, model, tok, r, history)
+        shutil.rmtree(staging)                              # optimizer state: not needed any more
         return _read(path, r, trained_now=True, device=device)
 
 

@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -260,14 +259,8 @@ def record(chapter: str, comparisons: list[Comparison], extras: dict | None = No
     payload = {"chapter": chapter, "profile": runtime.profile(),
                "library_version": __version__, "created": time.time(),
                "comparisons": [asdict(c) for c in comparisons], "extras": extras}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{chapter}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with runtime.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     return path
 
 

@@ -1,4 +1,6 @@
-"""Run-time settings: seeding, device, the run profile and the cache folder (all chapters).
+"""Run-time settings: seeding, device, the run profile and the cache folder (all chapters), and
+two habits every module shares: :func:`eval_mode` (evaluate in eval mode, then restore the mode)
+and :func:`atomic_path` (write a file or folder under a temporary name, then rename it).
 
 The *profile* sets each chapter's budget: ``cpu`` (the whole book executes in about ten minutes
 on a 2-core machine) or ``gpu`` (bigger models, longer training, bf16). It comes from the
@@ -9,6 +11,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,13 +24,14 @@ PROFILES = ("cpu", "gpu")
 T = TypeVar("T")
 
 
-def profile(name: str | None = None) -> str:
-    """The run profile: ``name`` if given, else ``$AIGC_PROFILE``, else ``gpu`` iff CUDA is present.
+def profile(profile: str | None = None) -> str:
+    """The run profile: ``profile`` if given, else ``$AIGC_PROFILE``, else ``gpu`` iff CUDA is
+    present.
 
     >>> profile("cpu")
     'cpu'
     """
-    source = "name"
+    name, source = profile, "profile"
     if name is None:
         name, source = os.environ.get("AIGC_PROFILE") or None, "AIGC_PROFILE"
     if name is None:
@@ -37,23 +43,27 @@ def profile(name: str | None = None) -> str:
     return name.strip().lower()
 
 
-def by_profile(cpu: T, gpu: T, name: str | None = None) -> T:
+_profile = profile   # by_profile's argument of the same name shadows the function
+
+
+def by_profile(cpu: T, gpu: T, profile: str | None = None) -> T:
     """Pick the value for the current profile, e.g. ``steps = by_profile(cpu=300, gpu=5000)``."""
-    return cpu if profile(name) == "cpu" else gpu
+    return cpu if _profile(profile) == "cpu" else gpu
 
 
-def device(name: str | None = None) -> torch.device:
-    """``cuda`` if available (or ``name`` when given and valid), else ``cpu``."""
-    if name is None:
+def device(device: str | torch.device | None = None) -> torch.device:
+    """``cuda`` if available (or ``device`` when given and valid), else ``cpu``."""
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(name, (str, torch.device)):
-        raise TypeError(f"name must be a string or torch.device, got {type(name).__name__}")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
     try:
-        chosen = torch.device(name)
+        chosen = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"name must name a torch device such as 'cpu' or 'cuda', got {name!r}") from err
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got "
+                         f"{device!r}") from err
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"name={name!r} asks for CUDA, but torch.cuda.is_available() is False")
+        raise ValueError(f"device={device!r} asks for CUDA, but torch.cuda.is_available() is False")
     return chosen
 
 
@@ -91,3 +101,41 @@ def describe() -> str:
     gpu = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
     return (f"profile={profile()}  device={dev}{gpu}  torch={torch.__version__}  "
             f"threads={torch.get_num_threads()}")
+
+
+@contextmanager
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Put ``modules`` in eval mode (dropout off, batch-norm statistics frozen) for the ``with``
+    block, and give each back the mode it had, also when the block raises."""
+    for module in modules:
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"modules must be torch.nn.Module, got {type(module).__name__}")
+    modes = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the ``with`` block to write (a file or a folder);
+    renamed to ``path`` when the block succeeds, removed when it raises. So a reader sees the
+    old ``path`` or the complete new one, never half a file. Every module that writes uses it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():   # a folder cannot replace a folder in one rename
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink(missing_ok=True)

@@ -1,11 +1,17 @@
-"""The training loop ``fit`` (chapter 2 walks through it part by part).
+"""One training engine (chapter 2): :func:`fit` for a model and a loss, and the GAN routine of
+chapter 4 (:mod:`aigc_lib.gan_training`), each a *step function* run by the same loop.
 
-One step is: take a batch, run ``loss_fn(model, *batch)`` (forward and loss, under bf16 autocast
-on CUDA), check the loss is finite, backpropagate, clip the gradient norm, take an optimizer step
-and a scheduler step. At each evaluation point (every epoch by default) ``fit`` measures the
-validation loss and any ``evaluate`` metrics, appends a record to the :class:`History`, and
-writes a checkpoint. Running ``fit`` again with the same checkpoint path resumes where the last
-run stopped, bit for bit: the data order and every random generator are part of the checkpoint.
+The loop, :func:`run`, knows nothing about models or losses. At each step it takes the step's
+batch (its share of it when ``torchrun`` starts several processes), calls
+``step(batch, state)``, which runs the forward and backward passes and the optimizer steps and
+returns what to log, and at every evaluation point appends a record to the history and writes a
+checkpoint. A :class:`TrainState` holds everything a run is made of (modules, optimizers,
+schedulers, random generators, history, step), so a checkpoint saves and restores it in one
+round trip, and a resumed run is the uninterrupted one, bit for bit: the data order of epoch
+``e`` is a function of ``e`` and the seed alone, and every random generator is saved.
+
+Losses stay on the device: they are read (and checked for NaN) every ``sync_interval`` steps,
+every step on the CPU where reading is free, every 25 on a GPU where it would stall the device.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -26,10 +32,11 @@ from torch.utils.data._utils.collate import default_collate
 from tqdm.auto import tqdm
 
 from aigc_lib import checkpoint as ckpt
-from aigc_lib import checks, losses
-from aigc_lib import runtime
+from aigc_lib import checks, runtime
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
+Order = Callable[[int], torch.Tensor]
+FORMAT = 2   # version of the checkpoint layout, part of every run's settings
 
 
 @dataclass
@@ -38,12 +45,14 @@ class History:
 
     ``step_losses`` holds the training loss of every step; ``records`` one dict per evaluation
     point with ``step``, ``epoch`` (fractional), ``train_loss`` (mean since the last record), any
-    extra terms returned by the loss, ``val_loss``, ``evaluate`` metrics, ``lr``, ``grad_norm``
-    (mean pre-clipping norm, when clipping) and ``seconds`` (training time so far).
+    extra terms returned by the loss, ``grad_norm`` (mean pre-clipping norm, when clipping),
+    ``val_loss``, ``evaluate`` metrics, ``lr`` and ``seconds`` (training time so far).
     """
     step_losses: list[float] = field(default_factory=list)
     records: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    # the losses a step watches: name -> (list of per-step values, key of their mean in a record)
+    LOSSES: ClassVar[dict[str, tuple[str, str]]] = {"loss": ("step_losses", "train_loss")}
 
     def column(self, key: str) -> list[float]:
         """Values of ``key`` over the records (``nan`` where a record lacks it)."""
@@ -73,8 +82,10 @@ class History:
         return f"<table><tr>{head}</tr>{rows}</table>"
 
 
-class _Batches:
-    """Index-based batching over tensors (fast path) or any map-style ``Dataset``."""
+# --- the data: examples, their order, and the batch of each step ---------------------------------
+
+class Examples:
+    """Index-based access to tensors (fast path) or to any map-style ``Dataset``."""
 
     def __init__(self, data: Any, name: str):
         if isinstance(data, torch.Tensor):
@@ -84,8 +95,7 @@ class _Batches:
         if isinstance(data, (tuple, list)):
             if not data or not all(isinstance(t, torch.Tensor) for t in data):
                 raise TypeError(f"{name} must be a Dataset, a tensor, or a tuple of tensors")
-            sizes = {len(t) for t in data}
-            if len(sizes) != 1:
+            if len({len(t) for t in data}) != 1:
                 raise ValueError(f"{name}: tensors must share their first dimension, got sizes "
                                  f"{[len(t) for t in data]}")
             self.tensors, self.dataset = tuple(data), None
@@ -97,39 +107,365 @@ class _Batches:
         self.size = len(self.tensors[0]) if self.tensors is not None else len(self.dataset)
         if self.size == 0:
             raise ValueError(f"{name} is empty")
+        for i, t in enumerate(self.tensors or ()):   # once, here: never inside a step
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or infinite values (tensor {i})")
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.tensors is not None:
             return tuple(t[index] for t in self.tensors)
-        batch = default_collate([self.dataset[int(i)] for i in index])
+        batch = default_collate([self.dataset[i] for i in index.tolist()])
         return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
-def _to(batch: Sequence[torch.Tensor], dev: torch.device) -> tuple[torch.Tensor, ...]:
-    return tuple(t.to(dev, non_blocking=True) for t in batch)
+class _Replay:
+    """``order(epoch)``: epoch ``e`` gets the ``(e+1)``-th result of ``draw(generator)`` from one
+    generator seeded with ``seed`` (the order of a loop that shuffles once per epoch), replayed
+    from the seed when an earlier epoch is asked for, as after resuming."""
 
+    def __init__(self, draw: Callable[[torch.Generator], torch.Tensor], seed: int):
+        self.draw, self.seed = draw, seed
+        self.generator, self.next_epoch, self.last = torch.Generator(), 0, None
+
+    def __call__(self, epoch: int) -> torch.Tensor:
+        if epoch < self.next_epoch - 1 or self.last is None:
+            self.generator.manual_seed(self.seed)
+            self.next_epoch = 0
+        while self.next_epoch <= epoch:
+            self.last, self.next_epoch = self.draw(self.generator), self.next_epoch + 1
+        return self.last
+
+
+def seeded_order(draw: Callable[[torch.Generator], torch.Tensor], seed: int) -> Order:
+    """The data-order hook of :func:`fit` for orders drawn from one seeded generator, epoch after
+    epoch: ``seeded_order(lambda g: torch.randperm(n, generator=g), seed)`` is ``fit``'s shuffle.
+    A function of the epoch alone, so resuming (or another process) gets the same order."""
+    if not callable(draw):
+        raise TypeError(f"draw must be callable, got {type(draw).__name__}")
+    checks.positive_number("seed", seed, integer=True, allow_zero=True)
+    return _Replay(draw, seed)
+
+
+def shuffled(n: int, seed: int) -> Order:
+    """``fit``'s default order: a fresh random permutation of ``n`` examples every epoch."""
+    return seeded_order(lambda generator: torch.randperm(n, generator=generator), seed)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's ``rank`` among ``world`` processes (1 unless started by ``torchrun``)."""
+    rank: int = 0
+    world: int = 1
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of ``values`` over the processes (``values`` itself for one process)."""
+        if self.world == 1:
+            return values
+        values = values.clone()
+        torch.distributed.all_reduce(values)           # a sum: gloo has no average
+        return values / self.world
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every process, by rank."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def processes() -> Processes:
+    """The processes training together. Under ``torchrun`` (``WORLD_SIZE`` > 1) this sets up
+    ``torch.distributed`` on first use (gloo on the CPU, NCCL for CUDA tensors, each process on
+    the GPU numbered by its ``LOCAL_RANK``); otherwise one process."""
+    dist = torch.distributed
+    if not dist.is_available() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Processes()
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    return Processes(dist.get_rank(), dist.get_world_size())
+
+
+class Stream:
+    """The batch of every step: ``per_step`` consecutive batches of ``batch_size`` examples cut
+    from each epoch's order, this process's share of each, moved to the device."""
+
+    def __init__(self, examples: Examples, batch_size: int, drop_last: bool, order: Order,
+                 dev: torch.device, procs: Processes, per_step: int = 1):
+        self.examples, self.batch_size, self.order, self.dev = examples, batch_size, order, dev
+        self.per_step, self.rank, self.world = per_step, procs.rank, procs.world
+        size = examples.size
+        self.per_epoch = size // batch_size if drop_last else math.ceil(size / batch_size)
+        if self.per_epoch == 0:
+            raise ValueError(f"batch_size={batch_size} exceeds the {size} training examples "
+                             f"with drop_last=True: no full batch")
+        last = size - (self.per_epoch - 1) * batch_size
+        if batch_size % procs.world or (last < batch_size and last % procs.world):
+            raise ValueError(f"under {procs.world} processes every batch must split evenly: "
+                             f"batch_size={batch_size} (the global batch) and the last batch of an "
+                             f"epoch ({last} examples) must be multiples of {procs.world}; change "
+                             f"batch_size or pass drop_last=True")
+        self.move = examples.tensors is None or any(t.device != dev for t in examples.tensors)
+        # an order indexes the tensors where they are: no copy of indices per step
+        self.home = examples.tensors[0].device if examples.tensors else torch.device("cpu")
+        self.epoch, self.current = -1, torch.empty(0, dtype=torch.long)
+
+    def rows(self, number: int) -> torch.Tensor:
+        """The indices of batch ``number`` (counted from the start of training) that this
+        process reads."""
+        epoch, position = divmod(number, self.per_epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.current = self._checked(self.order(epoch), epoch).to(self.home)
+        rows = self.current[position * self.batch_size:(position + 1) * self.batch_size]
+        if self.world > 1:
+            share = len(rows) // self.world
+            rows = rows[self.rank * share:(self.rank + 1) * share]
+        return rows
+
+    def for_step(self, step: int) -> tuple[torch.Tensor, ...]:
+        index = self.rows(step) if self.per_step == 1 else torch.cat(
+            [self.rows(step * self.per_step + i) for i in range(self.per_step)])
+        batch = self.examples.take(index)
+        return tuple(t.to(self.dev, non_blocking=True) for t in batch) if self.move else batch
+
+    def _checked(self, order: Any, epoch: int) -> torch.Tensor:
+        n = self.examples.size
+        if not isinstance(order, torch.Tensor) or order.dtype != torch.long or order.shape != (n,):
+            what = (f"{order.dtype} tensor of shape {tuple(order.shape)}"
+                    if isinstance(order, torch.Tensor) else type(order).__name__)
+            raise TypeError(f"order({epoch}) must return an int64 tensor of shape ({n},) (an "
+                            f"order of the training examples), got {what}")
+        return order
+
+
+# --- the state of a run, and the losses of its steps -----------------------------------------------
+
+class _LossLog:
+    """The losses a step watches and the terms it returns, kept on the device and read every
+    ``interval`` steps (at once, before the update, when ``interval`` is 1)."""
+
+    def __init__(self, history: History, interval: int, procs: Processes,
+                 stop: Callable[[str, float, int], None], step: int):
+        self.history, self.interval, self.procs, self.stop = history, interval, procs, stop
+        self.pending: list[tuple[int, str, torch.Tensor | float]] = []
+        self.sums: dict[str, torch.Tensor] = {}
+        self.since, self.started = step, time.perf_counter()
+
+    def watch(self, step: int, name: str, loss: torch.Tensor) -> None:
+        if self.interval > 1:
+            self.pending.append((step, name, loss.detach()))
+            return
+        value = loss.item() if self.procs.world == 1 else self._read([loss.detach()])[0]
+        if not math.isfinite(value):
+            self.stop(name, value, step)
+        self.pending.append((step, name, value))
+
+    def add(self, terms: Mapping[str, torch.Tensor]) -> None:
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+
+    def end_step(self, step: int) -> None:
+        """Every ``interval`` steps, read the losses of the last ``interval`` steps."""
+        if self.interval > 1 and step % self.interval == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the pending losses (one device synchronisation), check them, keep them."""
+        tensors = [v for _, _, v in self.pending if isinstance(v, torch.Tensor)]
+        read = iter(self._read(tensors) if tensors else [])
+        merged: dict[tuple[int, str], list[float]] = {}
+        for step, name, value in self.pending:
+            value = next(read) if isinstance(value, torch.Tensor) else value
+            if not math.isfinite(value):
+                self.stop(name, value, step)
+            merged.setdefault((step, name), []).append(value)   # d_steps > 1: their mean
+        for (_, name), values in merged.items():
+            getattr(self.history, self.history.LOSSES[name][0]).append(sum(values) / len(values))
+        self.pending.clear()
+
+    def means(self, step: int) -> dict[str, float]:
+        """Mean of every loss and term since the last record; starts the next period."""
+        self.flush()
+        count, row = step - self.since, {}
+        for attr, key in self.history.LOSSES.values():
+            row[key] = sum(getattr(self.history, attr)[-count:]) / count
+        if self.sums:
+            values = self._read(list(self.sums.values()))
+            row.update({key: value / count for key, value in zip(self.sums, values)})
+        self.sums.clear()
+        self.since = step
+        return row
+
+    def seconds(self) -> float:
+        """Training time since the last call (evaluation included)."""
+        now = time.perf_counter()
+        elapsed, self.started = now - self.started, now
+        return elapsed
+
+    def _read(self, tensors: list[torch.Tensor]) -> list[float]:
+        return self.procs.mean(torch.stack(tensors).float()).tolist()
+
+
+@dataclass
+class TrainState:
+    """Everything a run is made of, by name: ``modules``, ``optimizers``, ``schedulers``, random
+    ``generators`` of the step (the GAN's noise), the ``history`` and the ``step`` count.
+    :meth:`state_dict` and :meth:`load_state_dict` give the checkpoint's content and take it
+    back, in one round trip. A step function calls :meth:`watch` on each loss before its update.
+    """
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any] = field(default_factory=dict)
+    generators: dict[str, torch.Generator] = field(default_factory=dict)
+    history: History = field(default_factory=History)
+    step: int = 0
+    log: _LossLog | None = field(default=None, repr=False)
+
+    def watch(self, name: str, loss: torch.Tensor) -> None:
+        """Log ``loss`` as this step's ``name`` (a key of ``history.LOSSES``); when losses are
+        read every step, stop here, before the update, if it is not finite."""
+        self.log.watch(self.step + 1, name, loss)
+
+    def _parts(self) -> dict[str, Any]:
+        return {**self.modules, **self.optimizers,
+                **{k: s for k, s in self.schedulers.items() if s is not None}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**{k: part.state_dict() for k, part in self._parts().items()},
+                **{k: g.get_state() for k, g in self.generators.items()},
+                "history": self.history.to_dict(), "step": self.step}
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        for key, part in self._parts().items():
+            part.load_state_dict(saved[key])
+        for key, generator in self.generators.items():
+            generator.set_state(saved[key])
+        self.history = type(self.history).from_dict(saved["history"])
+        self.step = saved["step"]
+
+    def names(self) -> list[str]:
+        """The names of the parts that a checkpoint holds (part of a run's settings)."""
+        return sorted([*self._parts(), *self.generators])
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+Step = Callable[[tuple[torch.Tensor, ...], TrainState], Mapping[str, torch.Tensor]]
+
+
+def run(state: TrainState, step: Step, stream: Stream, total: int, eval_every: int,
+        record: Callable[[TrainState], Mapping[str, str]], save: Callable[[TrainState], None],
+        progress: bool = True, desc: str = "train") -> None:
+    """The training loop that :func:`fit` and :func:`aigc_lib.gan_training.fit_gan` share
+    (chapter 2): steps until ``total``; a record and a checkpoint every ``eval_every`` steps and
+    after the last. ``step(batch, state)`` does one update and returns the terms to average."""
+    bar = tqdm(total=total, initial=state.step, desc=desc, disable=not progress,
+               mininterval=0.5, dynamic_ncols=True)
+    try:
+        while state.step < total:
+            batch = stream.for_step(state.step)        # this process's share, on the device
+            state.log.add(step(batch, state))          # forward, backward, optimizer steps
+            state.step += 1
+            state.log.end_step(state.step)             # every sync_interval steps: NaN guard
+            bar.update()
+            if state.step % eval_every == 0 or state.step == total:
+                bar.set_postfix(record(state), refresh=False)
+                save(state)                            # process 0 writes the checkpoint
+    finally:
+        bar.close()
+
+
+def supervised_step(model: torch.nn.Module, loss_fn: Callable[..., LossOutput],
+                    optimizer: torch.optim.Optimizer, scheduler: Any = None,
+                    clip_grad_norm: float | None = None, autocast: Callable = nullcontext) -> Step:
+    r"""The step of :func:`fit`: the loss of the batch, its gradient, the clipped update
+    :math:`g \leftarrow g\,\min(1, c/\|g\|_2)` (with ``clip_grad_norm`` :math:`= c`), and one step
+    of the optimizer and the scheduler. Returns the extra terms of the loss (and ``grad_norm``)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step(batch: tuple[torch.Tensor, ...], state: TrainState) -> Mapping[str, torch.Tensor]:
+        with autocast():
+            loss, extras = split_loss(loss_fn(model, *batch), "loss_fn")
+        state.watch("loss", loss)                     # checked before the update on the CPU
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+            extras = {**extras, "grad_norm": norm}
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        return extras
+    return step
+
+
+# --- helpers the two routines share -----------------------------------------------------------------
 
 _NO_EXTRAS: Mapping[str, torch.Tensor] = MappingProxyType({})
 
 
-def _split_loss(output: LossOutput) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+def split_loss(output: LossOutput, name: str) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+    """``(loss, extras)`` from what a loss function returned, checked by shape and type only."""
     if isinstance(output, torch.Tensor) and output.ndim == 0:
         return output, _NO_EXTRAS                      # the common case, checked cheaply
-    loss, extras = (output if isinstance(output, tuple) else (output, {}))
+    loss, extras = (output if isinstance(output, tuple) and len(output) == 2 else (output, {}))
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-        raise TypeError("loss_fn must return a scalar tensor, or (scalar tensor, dict of scalar "
+        raise TypeError(f"{name} must return a scalar tensor, or (scalar tensor, dict of scalar "
                         f"tensors); got {type(loss).__name__} "
                         f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+    if not isinstance(extras, Mapping):
+        raise TypeError(f"{name} returned extras of type {type(extras).__name__}; expected a dict "
+                        f"of scalar tensors")
+    for key, value in extras.items():
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            raise TypeError(f"{name} returned extra term {key!r} of type {type(value).__name__}"
+                            f"{tuple(value.shape) if isinstance(value, torch.Tensor) else ''}; "
+                            f"extra terms must be scalar tensors (use .mean(), not .item())")
     return loss, extras
 
 
-def _sync_interval(dev: torch.device) -> int:
-    """Steps between reads of the loss: every step on the CPU (free), every 25 on a GPU (a
-    read synchronises the device)."""
+def metrics(evaluate: Callable[..., Any], *modules: torch.nn.Module) -> dict[str, float]:
+    """``evaluate(*modules)`` in eval mode without gradients, checked to be ``{name: number}``."""
+    with runtime.eval_mode(*modules), torch.no_grad():
+        result = evaluate(*modules)
+    if not isinstance(result, Mapping):
+        raise TypeError(f"evaluate must return a mapping {{metric name: number}}, got "
+                        f"{type(result).__name__}")
+    return {key: float(value) for key, value in result.items()}
+
+
+def default_device(procs: Processes) -> torch.device:
+    """The GPU of this process under torchrun (by ``LOCAL_RANK``), else :func:`runtime.device`."""
+    if procs.world > 1 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return runtime.device()
+
+
+def parallel(module: torch.nn.Module, procs: Processes, dev: torch.device) -> torch.nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel`` under several processes (its backward
+    pass then averages the gradients over them), else ``module`` itself."""
+    if procs.world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+    if dev.type != "cuda":
+        return DistributedDataParallel(module)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(module, device_ids=[index])
+
+
+def sync_interval_for(dev: torch.device, sync_interval: int | None) -> int:
+    """Steps between reads of the losses: every step on the CPU (free), every 25 on a GPU (a
+    read synchronises the device), or ``sync_interval`` when given."""
+    if sync_interval is not None:
+        return checks.positive_number("sync_interval", sync_interval, integer=True)
     return 1 if dev.type == "cpu" else 25
 
 
-def _autocast(dev: torch.device, amp: bool | str):
+def autocast_for(dev: torch.device, amp: bool | str) -> Callable:
+    """A context-manager factory: bf16 autocast on CUDA when ``amp`` allows, else a no-op."""
     if amp not in ("auto", True, False):
         raise ValueError(f"amp must be 'auto', True or False, got {amp!r}")
     if amp is True and dev.type != "cuda":
@@ -138,12 +474,31 @@ def _autocast(dev: torch.device, amp: bool | str):
     return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use else nullcontext
 
 
-def _stop(value: float, step: int, per_epoch: int, path: Path | None, name: str = "loss") -> None:
-    """The NaN guard's error: name the step and epoch, and say what happened to the checkpoint."""
-    kept = f"the last checkpoint ({path}) is kept" if path else "no checkpoint was set"
-    epoch = (step - 1) // per_epoch + 1
-    raise FloatingPointError(f"{name} is {value} at step {step} (epoch {epoch}); training stopped "
-                             f"and {kept}")
+def check_trainable(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    names: tuple[str, str] = ("model", "optimizer")) -> None:
+    """Refuse a model with nothing to train and an optimizer that would not train it."""
+    for name, value, kind, spelled in (
+            (names[0], model, torch.nn.Module, "torch.nn.Module"),
+            (names[1], optimizer, torch.optim.Optimizer, "torch.optim.Optimizer")):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {spelled}, got {type(value).__name__}")
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if not trainable:
+        raise ValueError(f"{names[0]} has no trainable parameters (every parameter has "
+                         f"requires_grad=False)")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not trainable & held:
+        raise ValueError(f"{names[1]} holds none of {names[0]}'s trainable parameters, so "
+                         f"training would never change {names[0]}; build it from "
+                         f"{names[0]}.parameters()")
+
+
+def check_scheduler(name: str, scheduler: Any) -> None:
+    if scheduler is not None and not all(callable(getattr(scheduler, attr, None)) for attr in
+                                         ("step", "state_dict", "load_state_dict")):
+        raise TypeError(f"{name} must be a learning-rate scheduler (with step(), state_dict() and "
+                        f"load_state_dict(), e.g. torch.optim.lr_scheduler.LambdaLR), got "
+                        f"{type(scheduler).__name__}")
 
 
 def _open_checkpoint(path: Path | None, resume: bool,
@@ -156,15 +511,75 @@ def _open_checkpoint(path: Path | None, resume: bool,
         raise FileExistsError(f"checkpoint {path} exists; pass resume=True to continue it, or "
                               f"delete it / choose another path to start afresh")
     state = ckpt.load_state(path)
-    changed = {k: (state["config"].get(k), v) for k, v in config.items()
-               if state["config"].get(k) != v}
+    saved = state.get("config", {})
+    changed = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
     if changed:
         raise ValueError(f"checkpoint {path} was written by a different run; differing "
                          f"settings (saved, now): {changed}. Use another checkpoint path.")
     return state
 
 
+def resume_and_run(state: TrainState, step: Step, stream: Stream, *, total: int, eval_every: int,
+          evaluation: Callable[[], dict[str, float]], config: dict[str, Any],
+          checkpoint: str | os.PathLike | None, resume: bool, interval: int, procs: Processes,
+          progress: bool, desc: str) -> History:
+    """Resume ``state`` from ``checkpoint`` when it exists, then :func:`run` the loop with a
+    record (training means, then ``evaluation()`` on process 0) and a checkpoint at every
+    evaluation point. Returns the history."""
+    path = ckpt._path(checkpoint, "checkpoint") if checkpoint is not None else None
+    config = {**config, "format": FORMAT, "processes": procs.world, "parts": state.names()}
+    saved = _open_checkpoint(path, resume, config)
+    if saved is not None:
+        state.load_state_dict(saved)
+        ckpt.set_rng_state(saved["rng"][procs.rank])
+        if procs.rank == 0:
+            message = "training had finished; loaded" if state.step >= total else "resuming"
+            tqdm.write(f"{desc}: {message} {path.name} at step {state.step}/{total}")
+    if state.step >= total:
+        return state.history
+
+    def stop(name: str, value: float, at: int) -> None:
+        kept = f"the last checkpoint ({path}) is kept" if path else "no checkpoint was set"
+        epoch = (at - 1) * stream.per_step // stream.per_epoch + 1
+        raise FloatingPointError(f"{name} is {value} at step {at} (epoch {epoch}); training "
+                                 f"stopped and {kept}")
+
+    def record(state: TrainState) -> dict[str, str]:
+        row = {"step": state.step, "epoch": state.step * stream.per_step / stream.per_epoch,
+               **state.log.means(state.step), **(evaluation() if procs.rank == 0 else {})}
+        state.history.seconds += state.log.seconds()
+        state.history.records.append({**row, "seconds": state.history.seconds})
+        return {key: f"{row[key]:.4f}" for _, key in state.history.LOSSES.values()}
+
+    def save(state: TrainState) -> None:
+        if path is not None:
+            rngs = procs.gather(ckpt.rng_state())      # every process's generators
+            if procs.rank == 0:
+                ckpt.save_state(path, {**state.state_dict(), "rng": rngs, "config": config})
+
+    state.log = _LossLog(state.history, interval, procs, stop, state.step)
+    run(state, step, stream, total, eval_every, record, save, progress and procs.rank == 0, desc)
+    return state.history
+
+
+# --- fit ------------------------------------------------------------------------------------------
+
 @torch.no_grad()
+def _mean_loss(model: torch.nn.Module, examples: Examples, loss_fn: Callable[..., LossOutput],
+               batch_size: int, dev: torch.device, autocast: Callable) -> dict[str, float]:
+    totals: dict[str, torch.Tensor] = {}
+    with runtime.eval_mode(model):
+        for start in range(0, examples.size, batch_size):
+            index = torch.arange(start, min(start + batch_size, examples.size))
+            batch = tuple(t.to(dev, non_blocking=True) for t in examples.take(index))
+            with autocast():
+                loss, extras = split_loss(loss_fn(model, *batch), "loss_fn")
+            for key, value in {"loss": loss, **extras}.items():
+                totals[key] = totals.get(key, 0.0) + value.detach().float() * len(index)
+    values = torch.stack(list(totals.values())).tolist()
+    return {key: value / examples.size for key, value in zip(totals, values)}
+
+
 def evaluate_loss(model: torch.nn.Module, data: Any, loss_fn: Callable[..., LossOutput],
                   batch_size: int = 256, device: torch.device | str | None = None,
                   amp: bool | str = "auto") -> dict[str, float]:
@@ -172,27 +587,28 @@ def evaluate_loss(model: torch.nn.Module, data: Any, loss_fn: Callable[..., Loss
 
     Batches are weighted by their size, so the result is the mean over examples.
     """
-    batches = _Batches(data, "data")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    examples = Examples(data, "data")
     checks.positive_number("batch_size", batch_size, integer=True)
     dev = runtime.device(device) if device is not None else next(model.parameters()).device
-    autocast = _autocast(dev, amp)
-    was_training = model.training
-    model.eval()
-    totals: dict[str, torch.Tensor] = {}
-    for start in range(0, batches.size, batch_size):
-        index = torch.arange(start, min(start + batch_size, batches.size))
-        with autocast():
-            loss, extras = _split_loss(loss_fn(model, *_to(batches.take(index), dev)))
-        for key, value in {"loss": loss, **extras}.items():
-            totals[key] = totals.get(key, 0.0) + value.detach().float() * len(index)
-    model.train(was_training)
-    return {k: float(v) / batches.size for k, v in totals.items()}
+    return _mean_loss(model, examples, loss_fn, batch_size, dev, autocast_for(dev, amp))
 
 
-def _config(batches: _Batches, batch_size: int, total: int, shuffle: bool, drop_last: bool,
-            seed: int, eval_every: int) -> dict[str, Any]:
-    return {"train_size": batches.size, "batch_size": batch_size, "total_steps": total,
-            "shuffle": shuffle, "drop_last": drop_last, "seed": seed, "eval_every": eval_every}
+def _check_fit(loss_fn: Any, evaluate: Any, scheduler: Any, epochs: Any, steps: Any,
+               batch_size: Any, seed: Any, clip_grad_norm: Any, order: Any) -> None:
+    for name, value in (("loss_fn", loss_fn), ("evaluate", evaluate), ("order", order)):
+        if (value is not None or name == "loss_fn") and not callable(value):
+            raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    check_scheduler("scheduler", scheduler)
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs and steps")
+    checks.positive_number("epochs" if epochs is not None else "steps",
+                           epochs if epochs is not None else steps, integer=True)
+    checks.positive_number("batch_size", batch_size, integer=True)
+    checks.positive_number("seed", seed, integer=True, allow_zero=True)
+    if clip_grad_norm is not None:
+        checks.positive_number("clip_grad_norm", clip_grad_norm)
 
 
 def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput],
@@ -202,12 +618,13 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput
         eval_every: int | None = None, scheduler: Any = None, clip_grad_norm: float | None = None,
         device: torch.device | str | None = None, amp: bool | str = "auto",
         checkpoint: str | os.PathLike | None = None, resume: bool = True, seed: int = 0,
-        progress: bool = True, desc: str = "train") -> History:
-    r"""Train ``model`` by minimising ``loss_fn(model, *batch)`` with ``optimizer``.
+        progress: bool = True, desc: str = "train", order: Order | None = None,
+        sync_interval: int | None = None) -> History:
+    r"""Train ``model`` by minimising ``loss_fn(model, *batch)`` with ``optimizer`` (chapter 2).
 
     Args:
         train: a map-style ``Dataset``, a tensor, or a tuple of tensors sharing their first dim.
-        loss_fn: returns a scalar loss, or ``(loss, {name: scalar})`` to log extra terms.
+        loss_fn: returns a scalar loss, or ``(loss, {name: scalar tensor})`` to log extra terms.
         epochs, steps: how long to train; give exactly one (``steps`` may span partial epochs).
         val: optional validation data, scored with ``loss_fn`` at each evaluation point.
         evaluate: optional ``evaluate(model) -> {metric: value}`` called at evaluation points.
@@ -220,446 +637,64 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: Callable[..., LossOutput
             it (returning at once if it already finished); with ``resume=False`` an existing file
             is an error rather than being overwritten.
         seed: seeds the data order (the model's initialisation is the caller's business).
+        order: the data-order hook, ``order(epoch)`` -> an int64 permutation of the training
+            examples, read in consecutive batches; a function of the epoch alone (see
+            :func:`seeded_order`). Replaces ``shuffle``'s order.
+        sync_interval: steps between reads of the loss (default: 1 on the CPU, 25 on a GPU).
+
+    Under ``torchrun --nproc_per_node=N`` every process runs this same call: each takes its
+    ``batch_size / N`` share of every batch, ``DistributedDataParallel`` averages the gradients,
+    and process 0 alone shows progress, evaluates and writes the checkpoint. ``loss_fn`` then
+    receives the wrapped model; call ``model(...)`` in it for the forward pass.
+
     Returns:
-        the :class:`History`; the model is trained in place.
+        the :class:`History` (complete on process 0); the model is trained in place.
     Raises:
         FloatingPointError: when the loss becomes NaN or infinite, naming the step; the last
             checkpoint is left intact.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    if evaluate is not None and not callable(evaluate):
-        raise TypeError(f"evaluate must be callable, got {type(evaluate).__name__}")
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs and steps")
-    checks.positive_number("batch_size", batch_size, integer=True)
-    checks.positive_number("seed", seed, integer=True, allow_zero=True)
-    if clip_grad_norm is not None:
-        checks.positive_number("clip_grad_norm", clip_grad_norm)
-    batches = _Batches(train, "train")
-    per_epoch = batches.size // batch_size if drop_last else math.ceil(batches.size / batch_size)
-    if per_epoch == 0:
-        raise ValueError(f"batch_size={batch_size} exceeds the {batches.size} training examples "
-                         f"with drop_last=True: no full batch")
-    if epochs is not None:
-        total = per_epoch * checks.positive_number("epochs", epochs, integer=True)
-    else:
-        total = checks.positive_number("steps", steps, integer=True)
-    eval_every = per_epoch if eval_every is None else checks.positive_number(
+    check_trainable(model, optimizer)
+    _check_fit(loss_fn, evaluate, scheduler, epochs, steps, batch_size, seed, clip_grad_norm,
+               order)
+    procs = processes()
+    dev = runtime.device(device) if device is not None else default_device(procs)
+    autocast = autocast_for(dev, amp)
+    examples = Examples(train, "train")
+    val_examples = Examples(val, "val") if val is not None else None
+    config = {"train_size": examples.size, "batch_size": batch_size,
+              "shuffle": shuffle if order is None else "order", "drop_last": drop_last,
+              "seed": seed}
+    if order is None:
+        n = examples.size
+        order = shuffled(n, seed) if shuffle else lambda epoch: torch.arange(n)
+    stream = Stream(examples, batch_size, drop_last, order, dev, procs)
+    total = stream.per_epoch * epochs if epochs is not None else steps
+    eval_every = stream.per_epoch if eval_every is None else checks.positive_number(
         "eval_every", eval_every, integer=True)
-    dev = runtime.device(device) if device is not None else runtime.device()
-    autocast = _autocast(dev, amp)
     model.to(dev)
-    config = _config(batches, batch_size, total, shuffle, drop_last, seed, eval_every)
+    state = TrainState({"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler})
+    step = supervised_step(parallel(model, procs, dev), loss_fn, optimizer, scheduler,
+                           clip_grad_norm, autocast)
 
-    path = ckpt._path(checkpoint, "checkpoint") if checkpoint is not None else None
-    history, step = History(), 0
-    order_rng = torch.Generator().manual_seed(seed)
-    epoch_rng_state = order_rng.get_state()
-    state = _open_checkpoint(path, resume, config)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        history, step = History.from_dict(state["history"]), state["step"]
-        epoch_rng_state = state["epoch_rng_state"]
-        ckpt.set_rng_state(state["rng"])
-        message = "training had finished; loaded" if step >= total else "resuming"
-        tqdm.write(f"fit: {message} {path.name} at step {step}/{total}")
-    if step >= total:
-        return history
-
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    # Per-step costs matter for small models (benchmarks/fit_overhead.py), so the loop decides
-    # once: whether batches must be moved to the device, whether to autocast, and how often to
-    # read the loss. On the CPU reading it is free, so every loss is checked before its step;
-    # on a GPU that would synchronise each step, so losses are read every 25 steps.
-    move = batches.tensors is None or any(t.device != dev for t in batches.tensors)
-    use_autocast = autocast is not nullcontext
-    sync_every = _sync_interval(dev)
-    pending: list[torch.Tensor] = []
-    sums: dict[str, torch.Tensor] = {}
-    grad_norms: list[torch.Tensor] = []
-    since_record = 0
-    started = time.perf_counter()
-
-    def flush() -> None:
-        if not pending:
-            return
-        values = torch.stack(pending).float().cpu().tolist()
-        first = step - len(values) + 1
-        for offset, value in enumerate(values):
-            if not math.isfinite(value):
-                _stop(value, first + offset, per_epoch, path)
-        history.step_losses.extend(values)
-        pending.clear()
-
-    def record() -> None:
-        nonlocal since_record, started
-        flush()
-        row: dict[str, float] = {"step": step, "epoch": step / per_epoch}
-        row["train_loss"] = sum(history.step_losses[-since_record:]) / since_record
-        for key, value in sums.items():
-            row[key] = float(value) / since_record
-        if grad_norms:
-            row["grad_norm"] = float(torch.stack(grad_norms).mean())
-        if val is not None:
-            val_terms = evaluate_loss(model, val, loss_fn, batch_size=max(batch_size, 256),
-                                      device=dev, amp=amp)
-            row.update({f"val_{k}": v for k, v in val_terms.items()})
-        if evaluate is not None:
-            model.eval()
-            with torch.no_grad():
-                row.update({k: float(v) for k, v in evaluate(model).items()})
-            model.train()
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        history.seconds += time.perf_counter() - started
-        row["seconds"] = history.seconds
-        history.records.append(row)
-        sums.clear()
-        grad_norms.clear()
-        since_record = 0
-        started = time.perf_counter()
+    def evaluation() -> dict[str, float]:          # process 0, at every evaluation point
+        row = {f"val_{key}": value for key, value in _mean_loss(
+            model, val_examples, loss_fn, max(batch_size, 256), dev, autocast).items()
+        } if val_examples is not None else {}
+        return {**row, **(metrics(evaluate, model) if evaluate else {}),
+                "lr": optimizer.param_groups[0]["lr"]}
 
     model.train()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, mininterval=0.5,
-               dynamic_ncols=True)
-    try:
-        while step < total:
-            position = step % per_epoch
-            order_rng.set_state(epoch_rng_state)
-            order = (torch.randperm(batches.size, generator=order_rng) if shuffle
-                     else torch.arange(batches.size))
-            for start in range(position * batch_size, per_epoch * batch_size, batch_size):
-                batch = batches.take(order[start:start + batch_size])
-                if move:
-                    batch = _to(batch, dev)
-                if use_autocast:
-                    with autocast():
-                        output = loss_fn(model, *batch)
-                else:
-                    output = loss_fn(model, *batch)
-                loss, extras = _split_loss(output)
-                step += 1
-                since_record += 1
-                if sync_every == 1:
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        _stop(value, step, per_epoch, path)
-                    history.step_losses.append(value)
-                else:
-                    pending.append(loss.detach())
-                    if len(pending) >= sync_every:
-                        flush()
-                for key, value in extras.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach().float()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_grad_norm is not None:
-                    grad_norms.append(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm))
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                bar.update()
-                if step % eval_every == 0 or step == total:
-                    if step % per_epoch == 0:
-                        epoch_rng_state = order_rng.get_state()
-                    record()
-                    bar.set_postfix(loss=f"{history.records[-1]['train_loss']:.4f}", refresh=False)
-                    if path is not None:
-                        _save(path, model, optimizer, scheduler, history, step, config,
-                              epoch_rng_state)
-                if step >= total:
-                    break
-            else:
-                epoch_rng_state = order_rng.get_state()
-    finally:
-        bar.close()
-    return history
+    return resume_and_run(state, step, stream, total=total, eval_every=eval_every, evaluation=evaluation,
+                 config={**config, "total_steps": total, "eval_every": eval_every},
+                 checkpoint=checkpoint, resume=resume,
+                 interval=sync_interval_for(dev, sync_interval), procs=procs, progress=progress,
+                 desc=desc)
 
 
-def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-          history: History, step: int, config: dict[str, Any], epoch_rng_state: torch.Tensor) -> None:
-    ckpt.save_state(path, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "history": history.to_dict(), "step": step, "config": config,
-        "epoch_rng_state": epoch_rng_state, "rng": ckpt.rng_state()})
-
-
-# --- Chapter 4: training a GAN -------------------------------------------------------------------
-
-@dataclass
-class GANHistory(History):
-    """What :func:`fit_gan` measured: ``d_losses`` and ``g_losses`` hold the discriminator's and
-    the generator's loss at every step; ``records`` hold, per evaluation point, ``step``,
-    ``epoch``, ``d_loss`` and ``g_loss`` (means since the last record), the extra terms the loss
-    functions return (by default ``d_real`` and ``d_fake``, the mean of :math:`D(x)` on real and
-    generated batches), ``d_grad_norm`` and ``g_grad_norm`` (mean gradient norms), any
-    ``evaluate`` metrics and ``seconds``. ``step_losses`` stays empty."""
-    d_losses: list[float] = field(default_factory=list)
-    g_losses: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "d_losses": self.d_losses, "g_losses": self.g_losses}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GANHistory:
-        return cls([], [dict(r) for r in data["records"]], float(data["seconds"]),
-                   list(data["d_losses"]), list(data["g_losses"]))
-
-
-def _grad_norm(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
-    r""":math:`\|g\|_2` over every parameter that has a gradient (0 when none has)."""
-    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-    return torch.stack(norms).norm() if norms else torch.zeros(())
-
-
-def _d_loss_default(discriminator: torch.nn.Module, real: torch.Tensor,
-                    fake: torch.Tensor) -> LossOutput:
-    logits = discriminator(torch.cat([real, fake]))   # one forward pass for both batches
-    real_logits, fake_logits = logits[:len(logits) // 2], logits[len(logits) // 2:]
-    loss = losses.gan_discriminator_loss(real_logits, fake_logits)
-    return loss, {"d_real": torch.sigmoid(real_logits.detach()).mean(),
-                  "d_fake": torch.sigmoid(fake_logits.detach()).mean()}
-
-
-def _g_loss_default(saturating: bool) -> Callable[..., LossOutput]:
-    def g_loss(discriminator: torch.nn.Module, fake: torch.Tensor) -> torch.Tensor:
-        return losses.gan_generator_loss(discriminator(fake), saturating=saturating)
-    return g_loss
-
-
-def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: Any, *,
-            g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer, steps: int,
-            batch_size: int = 64, d_steps: int = 1, saturating: bool = False,
-            d_loss_fn: Callable[..., LossOutput] | None = None,
-            g_loss_fn: Callable[..., LossOutput] | None = None,
-            evaluate: Callable[[torch.nn.Module, torch.nn.Module], dict[str, float]] | None = None,
-            eval_every: int | None = None, g_scheduler: Any = None, d_scheduler: Any = None,
-            device: torch.device | str | None = None, amp: bool | str = "auto",
-            checkpoint: str | os.PathLike | None = None, resume: bool = True, seed: int = 0,
-            progress: bool = True, desc: str = "GAN") -> GANHistory:
-    r"""Train a GAN by alternating gradient steps on its two players (chapter 4).
-
-    One step: ``d_steps`` times, take a batch of ``batch_size`` real examples and as many
-    generated ones :math:`G(z)`, :math:`z \sim \mathcal N(0, I_k)` with
-    :math:`k` = ``generator.latent_dim``, and take a ``d_optimizer`` step on the discriminator's
-    loss (by default :func:`aigc_lib.losses.gan_discriminator_loss`); then take a
-    ``g_optimizer`` step on the generator's loss, computed on the last batch of generated
-    examples against the *updated* discriminator (by default
-    :func:`aigc_lib.losses.gan_generator_loss`, non-saturating unless ``saturating``).
-
-    It shares its parts with :func:`fit`: the batching of ``train`` (a tensor of real examples,
-    or a tuple/``Dataset`` whose first element is the example; labels are ignored), bf16 autocast
-    on CUDA, the NaN guard (both losses are checked before their optimizer steps), the
-    safetensors checkpoint written at each evaluation point and the bit-identical resume (the
-    noise generator, the data order and every random generator are part of the checkpoint).
-
-    Args:
-        steps: generator steps to take in all. Real batches are drawn without replacement, in a
-            new order each epoch; the last incomplete batch of an epoch is dropped.
-        d_loss_fn: ``d_loss_fn(discriminator, real, fake) -> loss`` or ``(loss, {name: scalar})``.
-        g_loss_fn: ``g_loss_fn(discriminator, fake) -> loss`` or ``(loss, {name: scalar})``;
-            cannot be combined with ``saturating=True``.
-        evaluate: ``evaluate(generator, discriminator) -> {metric: value}``, called at each
-            evaluation point in eval mode and without gradients (use ``torch.enable_grad()``
-            inside it to measure gradients).
-        eval_every: steps between evaluation points (default: one epoch of real batches); the
-            last step always is one.
-        g_scheduler, d_scheduler: learning-rate schedulers (e.g. ``LambdaLR``), each stepped once
-            per step, after its optimizer's last update.
-        checkpoint, resume, seed, device, amp, progress, desc: as in :func:`fit`; ``seed`` seeds
-            the data order and the noise (initialisations are the caller's business).
-    Returns:
-        the :class:`GANHistory`; both networks are trained in place.
-    Raises:
-        FloatingPointError: when either loss becomes NaN or infinite, naming it and the step.
-            On the CPU both are checked before their optimizer steps; on a GPU, as in
-            :func:`fit`, they are read every 25 steps, so the error can come up to 24 steps
-            late (always before the next checkpoint is written).
-    """
-    for name, value in (("generator", generator), ("discriminator", discriminator)):
-        if not isinstance(value, torch.nn.Module):
-            raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
-    latent_dim = getattr(generator, "latent_dim", None)
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-        raise TypeError("generator must have an int attribute latent_dim (the size of z), e.g. "
-                        "aigc_lib.models.gan.Generator")
-    for name, value in (("g_optimizer", g_optimizer), ("d_optimizer", d_optimizer)):
-        if not isinstance(value, torch.optim.Optimizer):
-            raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(value).__name__}")
-    if g_optimizer is d_optimizer:
-        raise ValueError("g_optimizer and d_optimizer must be two different optimizers")
-    for name, value in (("d_loss_fn", d_loss_fn), ("g_loss_fn", g_loss_fn),
-                        ("evaluate", evaluate)):
-        if value is not None and not callable(value):
-            raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-    if not isinstance(saturating, bool):
-        raise TypeError(f"saturating must be a bool, got {type(saturating).__name__}")
-    if saturating and g_loss_fn is not None:
-        raise ValueError("give either saturating=True or g_loss_fn, not both")
-    total = checks.positive_number("steps", steps, integer=True)
-    checks.positive_number("batch_size", batch_size, integer=True)
-    checks.positive_number("d_steps", d_steps, integer=True)
-    checks.positive_number("seed", seed, integer=True, allow_zero=True)
-    batches = _Batches(train, "train")
-    per_epoch = batches.size // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"batch_size={batch_size} exceeds the {batches.size} training examples")
-    steps_per_epoch = max(1, per_epoch // d_steps)
-    eval_every = steps_per_epoch if eval_every is None else checks.positive_number(
-        "eval_every", eval_every, integer=True)
-    d_loss_fn = d_loss_fn or _d_loss_default
-    g_loss_fn = g_loss_fn or _g_loss_default(saturating)
-    dev = runtime.device(device) if device is not None else runtime.device()
-    autocast = _autocast(dev, amp)
-    generator.to(dev)
-    discriminator.to(dev)
-    config = {"train_size": batches.size, "batch_size": batch_size, "total_steps": total,
-              "d_steps": d_steps, "saturating": saturating, "seed": seed,
-              "eval_every": eval_every}
-    path = ckpt._path(checkpoint, "checkpoint") if checkpoint is not None else None
-    noise_rng = torch.Generator().manual_seed(seed)
-    history, step = GANHistory(), 0
-    state = _open_checkpoint(path, resume, config)
-    if state is not None:
-        for module, key in ((generator, "generator"), (discriminator, "discriminator"),
-                            (g_optimizer, "g_optimizer"), (d_optimizer, "d_optimizer"),
-                            (g_scheduler, "g_scheduler"), (d_scheduler, "d_scheduler")):
-            if module is not None and state.get(key) is not None:
-                module.load_state_dict(state[key])
-        history, step = GANHistory.from_dict(state["history"]), state["step"]
-        noise_rng.set_state(state["noise_rng"])
-        ckpt.set_rng_state(state["rng"])
-        message = "training had finished; loaded" if step >= total else "resuming"
-        tqdm.write(f"fit_gan: {message} {path.name} at step {step}/{total}")
-    if step >= total:
-        return history
-
-    g_params = [p for group in g_optimizer.param_groups for p in group["params"]]
-    d_params = [p for group in d_optimizer.param_groups for p in group["params"]]
-    sync_every = _sync_interval(dev)   # as in fit: never synchronise a GPU at each step
-    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    sums: dict[str, torch.Tensor] = {}
-    since_record, started = 0, time.perf_counter()
-    order_epoch, order = -1, torch.empty(0, dtype=torch.long)
-
-    def real_batch(index: int) -> torch.Tensor:
-        """Real batch number ``index`` (counted from the start of training)."""
-        nonlocal order_epoch, order
-        epoch, position = divmod(index, per_epoch)
-        if epoch != order_epoch:   # the order of each epoch depends on (seed, epoch) only
-            rng = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            order_epoch, order = epoch, torch.randperm(batches.size, generator=rng)
-        batch = batches.take(order[position * batch_size:(position + 1) * batch_size])
-        return batch[0].to(dev, non_blocking=True)
-
-    def check(values: Sequence[tuple[int, float, float]]) -> None:
-        for at, d_value, g_value in values:
-            for name, value in (("discriminator loss", d_value), ("generator loss", g_value)):
-                if not math.isfinite(value):
-                    _stop(value, at, steps_per_epoch, path, name)
-            history.d_losses.append(d_value)
-            history.g_losses.append(g_value)
-
-    def flush() -> None:
-        if pending:
-            values = torch.stack([torch.stack([d, g]) for _, d, g in pending]).float().tolist()
-            check([(at, d, g) for (at, _, _), (d, g) in zip(pending, values)])
-            pending.clear()
-
-    def add(terms: Mapping[str, torch.Tensor]) -> None:
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float()
-
-    def record() -> None:
-        nonlocal since_record, started
-        flush()
-        row: dict[str, float] = {"step": step, "epoch": step * d_steps / per_epoch}
-        row["d_loss"] = sum(history.d_losses[-since_record:]) / since_record
-        row["g_loss"] = sum(history.g_losses[-since_record:]) / since_record
-        row.update({key: float(value) / since_record for key, value in sums.items()})
-        if evaluate is not None:
-            generator.eval()
-            discriminator.eval()
-            with torch.no_grad():
-                row.update({k: float(v) for k, v in evaluate(generator, discriminator).items()})
-            generator.train()
-            discriminator.train()
-        history.seconds += time.perf_counter() - started
-        row["seconds"] = history.seconds
-        history.records.append(row)
-        sums.clear()
-        since_record, started = 0, time.perf_counter()
-
-    def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                      params: list[torch.nn.Parameter], name: str) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        add({f"{name}_grad_norm": _grad_norm(params)})
-        optimizer.step()
-
-    generator.train()
-    discriminator.train()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, mininterval=0.5,
-               dynamic_ncols=True)
-    try:
-        while step < total:
-            for i in range(d_steps):
-                real = real_batch(step * d_steps + i)
-                z = torch.randn(len(real), latent_dim, generator=noise_rng).to(dev)
-                last = i == d_steps - 1   # only the last batch of fakes is kept for G's step
-                with autocast():
-                    with nullcontext() if last else torch.no_grad():
-                        fake = generator(z)
-                    d_loss, d_extras = _split_loss(d_loss_fn(discriminator, real, fake.detach()))
-                if sync_every == 1:   # on the CPU, check before the step is taken
-                    d_value = d_loss.item()
-                    if not math.isfinite(d_value):
-                        _stop(d_value, step + 1, steps_per_epoch, path, "discriminator loss")
-                backward_step(d_loss, d_optimizer, d_params, "d")
-                add(d_extras)
-            discriminator.requires_grad_(False)   # the generator's step needs no D gradients
-            try:
-                with autocast():
-                    g_loss, g_extras = _split_loss(g_loss_fn(discriminator, fake))
-                step += 1
-                since_record += 1
-                if sync_every == 1:
-                    check([(step, d_value, g_loss.item())])
-                else:
-                    pending.append((step, d_loss.detach(), g_loss.detach()))
-                    if len(pending) >= sync_every:
-                        flush()
-                backward_step(g_loss, g_optimizer, g_params, "g")
-            finally:
-                discriminator.requires_grad_(True)
-            add(g_extras)
-            for scheduler in (g_scheduler, d_scheduler):
-                if scheduler is not None:
-                    scheduler.step()
-            bar.update()
-            if step % eval_every == 0 or step == total:
-                record()
-                last_row = history.records[-1]
-                bar.set_postfix(d=f"{last_row['d_loss']:.3f}", g=f"{last_row['g_loss']:.3f}",
-                                refresh=False)
-                if path is not None:
-                    ckpt.save_state(path, {
-                        "generator": generator.state_dict(),
-                        "discriminator": discriminator.state_dict(),
-                        "g_optimizer": g_optimizer.state_dict(),
-                        "d_optimizer": d_optimizer.state_dict(),
-                        "g_scheduler": g_scheduler.state_dict() if g_scheduler else None,
-                        "d_scheduler": d_scheduler.state_dict() if d_scheduler else None,
-                        "history": history.to_dict(), "step": step, "config": config,
-                        "noise_rng": noise_rng.get_state(), "rng": ckpt.rng_state()})
-    finally:
-        bar.close()
-    return history
+def __getattr__(name: str) -> Any:
+    """``fit_gan`` and ``GANHistory`` live in :mod:`aigc_lib.gan_training`, beside the GAN's
+    losses; they stay importable from here."""
+    if name in ("fit_gan", "GANHistory", "gan_step"):
+        from aigc_lib import gan_training
+        return getattr(gan_training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

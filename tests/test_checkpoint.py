@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from aigc_lib import checkpoint as ckpt
+from aigc_lib.training import fit
 
 
 def test_state_round_trip_keeps_types_and_tensors(tmp_path):
@@ -60,3 +61,27 @@ def test_bad_paths_and_files(tmp_path):
         ckpt.load_state(tmp_path / "w.safetensors")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         ckpt.save_weights("model", tmp_path / "w.safetensors")
+
+
+def unreadable_files(folder):
+    good = ckpt.save_weights(torch.nn.Linear(4, 3), folder / "good.safetensors").read_bytes()
+    torch.save({"w": torch.ones(3)}, folder / "torch_save.safetensors")
+    return {"random bytes": bytes(range(256)) * 4, "empty": b"",
+            "truncated": good[:len(good) // 2],
+            "torch.save file": (folder / "torch_save.safetensors").read_bytes()}
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "empty", "truncated", "torch.save file"])
+def test_a_file_that_is_not_safetensors_is_refused_naming_it(tmp_path, kind):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(unreadable_files(tmp_path)[kind])
+    pattern = "bad.safetensors is not a readable safetensors checkpoint"
+    with pytest.raises(ValueError, match=pattern):
+        ckpt.load_weights(torch.nn.Linear(4, 3), path)
+    with pytest.raises(ValueError, match=pattern):
+        ckpt.load_state(path)
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=pattern):   # fit's resume reads it the same way
+        fit(model, torch.randn(8, 4), loss_fn=lambda m, x: m(x).square().mean(), steps=2,
+            optimizer=torch.optim.SGD(model.parameters(), 0.1), checkpoint=path,
+            progress=False)

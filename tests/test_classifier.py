@@ -1,10 +1,13 @@
 """Fine-tuning wrapper: the classifier, LoRA through peft, training with fit, saving."""
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
-from aigc_lib import costs, encoders, classifier
+from aigc_lib import costs, encoders, classifier, optim, runtime
+from aigc_lib.training import fit
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -148,6 +151,29 @@ def test_bucketed_training_records_every_epoch_and_step():
     plain = classifier.train_classifier(classifier.SentenceClassifier(tiny_bert(), 3), ids, mask,
                                       labels, epochs=2, bucket=False, device="cpu")
     assert len(plain.step_losses) == 2 * 3
+
+
+def test_bucketed_order_hook_equals_one_fit_per_bucketed_epoch():
+    """The order hook reproduces what stitching one ``fit`` per epoch over reordered data did."""
+    ids, mask, labels = toy_batch(40)
+    model = classifier.SentenceClassifier(tiny_bert(), 3, normalize=False)
+    reference = copy.deepcopy(model)
+    history = classifier.train_classifier(model, ids, mask, labels, epochs=3, batch_size=16,
+                                          lr=3e-3, seed=5, device="cpu")
+    runtime.seed_everything(5)
+    opt = torch.optim.AdamW(classifier.trainable_parameters(reference), lr=3e-3,
+                            weight_decay=0.01, fused=True)
+    schedule = optim.warmup_cosine_scheduler(opt, 1, 9)
+    generator, losses = torch.Generator().manual_seed(5), []
+    for _ in range(3):
+        order = classifier.length_bucketed_order(mask.sum(1), 16, generator)
+        part = fit(reference, (ids[order], mask[order], labels[order]), epochs=1,
+                   shuffle=False, loss_fn=classifier.cross_entropy_loss, optimizer=opt,
+                   batch_size=16, scheduler=schedule, device="cpu", progress=False)
+        losses += part.step_losses
+    assert history.step_losses == losses
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_train_classifier_bad_input():

@@ -108,8 +108,6 @@ def test_saturating_gradient_vanishes_where_the_non_saturating_one_does_not():
     (lambda: losses.gan_discriminator_loss([1.0], torch.zeros(2)), TypeError, "real_logits"),
     (lambda: losses.gan_discriminator_loss(torch.zeros(2), torch.zeros(2, dtype=torch.long)),
      TypeError, "fake_logits"),
-    (lambda: losses.gan_discriminator_loss(torch.tensor([math.nan]), torch.zeros(2)),
-     ValueError, "real_logits contains NaN"),
     (lambda: losses.gan_discriminator_loss(torch.zeros(2), torch.zeros(2), reduction="none"),
      ValueError, "reduction"),
     (lambda: losses.gan_discriminator_loss(torch.zeros(0), torch.zeros(2)), ValueError,
@@ -118,7 +116,6 @@ def test_saturating_gradient_vanishes_where_the_non_saturating_one_does_not():
      "saturating must be a bool"),
     (lambda: losses.gan_generator_loss(torch.zeros(2), reduction="avg"), ValueError,
      "reduction"),
-    (lambda: losses.gan_generator_loss(torch.tensor([math.inf])), ValueError, "fake_logits"),
 ])
 def test_gan_losses_bad_input(call, error, words):
     with pytest.raises(error, match=words):
@@ -222,8 +219,6 @@ def test_model_bad_input():
         d(torch.zeros(3, 3))
     with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
         d(torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="x contains NaN"):
-        d(torch.full((2, 3), math.nan))
 
 
 # --- data: the ring of Gaussians ---------------------------------------------------------------
@@ -508,6 +503,10 @@ def test_fit_gan_nan_guard_names_the_loss_and_keeps_the_checkpoint(tmp_path, whi
     (dict(checkpoint="gan.pt"), ValueError, "checkpoint must end in .safetensors"),
     (dict(amp="fp16"), ValueError, "amp must be"),
     (dict(g_loss_fn=lambda d, f: d(f)), TypeError, "loss_fn must return a scalar"),
+    (dict(g_scheduler="cosine"), TypeError, "g_scheduler must be a learning-rate scheduler"),
+    (dict(evaluate=lambda g, d: 1.0), TypeError, "evaluate must return a mapping"),
+    (dict(d_optimizer=torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), 0.1)), ValueError,
+     "d_optimizer holds none of discriminator's trainable parameters"),
 ])
 def test_fit_gan_bad_input(kwargs, error, words):
     generator, discriminator, g_opt, d_opt = make_gan()
@@ -553,11 +552,10 @@ def test_mnist_sized_gan_pipeline_runs_on_a_local_stand_in(tmp_path):
     assert metrics.frechet_distance(samples[:, :20], x[:32, :20]) > 0
 
 
-def test_fit_gan_deferred_loss_reads_as_on_a_gpu(monkeypatch, tmp_path):
+def test_fit_gan_deferred_loss_reads_as_on_a_gpu():
     """On a GPU the losses are read every 25 steps; the history and the NaN guard must agree."""
     _, _, reference = run_gan(steps=30)
-    monkeypatch.setattr(training, "_sync_interval", lambda dev: 7)
-    _, _, deferred = run_gan(steps=30)
+    _, _, deferred = run_gan(steps=30, sync_interval=7)
     assert deferred.d_losses == reference.d_losses
     assert deferred.g_losses == reference.g_losses
     assert deferred.column("g_loss") == reference.column("g_loss")
@@ -571,4 +569,4 @@ def test_fit_gan_deferred_loss_reads_as_on_a_gpu(monkeypatch, tmp_path):
 
     with pytest.raises(FloatingPointError, match="generator loss is nan at step 9"):
         fit_gan(generator, discriminator, REAL, g_optimizer=g_opt, d_optimizer=d_opt,
-                steps=20, batch_size=32, g_loss_fn=poisoned, progress=False)
+                steps=20, batch_size=32, g_loss_fn=poisoned, progress=False, sync_interval=7)

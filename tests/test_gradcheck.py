@@ -75,3 +75,19 @@ def test_only_one_input_wrong_is_reported_as_such():
 def test_bad_input(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+def test_a_function_autograd_cannot_see_through_fails_with_a_reason():
+    """Computed outside torch (through NumPy): autograd has no path, finite differences do."""
+    x = torch.tensor([0.5, -1.0])
+    report = check_gradients(lambda t: torch.from_numpy(t.detach().numpy() ** 2).sum(), x,
+                             names=["x"])
+    assert not report.passed
+    assert "autograd does not reach x" in report.inputs[0].note
+    with pytest.raises(AssertionError, match="no gradient path"):
+        report.raise_if_failed()
+    constant = check_gradients(lambda t: torch.ones(2, dtype=torch.float64), x, names=["x"])
+    assert constant.passed            # no path and no dependence: zero is the right answer
+    partly = check_gradients(lambda a, b: a.sum() + b.detach().sum(), x, x, names=["a", "b"])
+    assert [r.passed for r in partly.inputs] == [True, False]
+    assert partly.inputs[0].note == "" and "reach b" in partly.inputs[1].note

@@ -118,13 +118,10 @@ def test_perplexity():
 
 @pytest.mark.parametrize("call, error, words", [
     (lambda: losses.bce_with_logits(LOGITS, TARGETS[:3]), ValueError, "logits and targets"),
-    (lambda: losses.bce_with_logits(LOGITS, TARGETS + 1), ValueError, "targets must lie in [0, 1]"),
     (lambda: losses.bce_with_logits(LOGITS.long(), TARGETS), TypeError, "logits"),
     (lambda: losses.bce_with_logits(LOGITS.tolist(), TARGETS), TypeError, "logits must be a torch.Tensor"),
-    (lambda: losses.bce_with_logits(LOGITS * math.nan, TARGETS), ValueError, "logits contains NaN"),
     (lambda: losses.bce_with_logits(LOGITS, TARGETS, reduction="avg"), ValueError, "reduction"),
     (lambda: losses.gaussian_nll(TARGETS, LOGITS, -1.0), ValueError, "var must be > 0"),
-    (lambda: losses.gaussian_nll(TARGETS, LOGITS, torch.zeros(6, 5)), ValueError, "var must be > 0"),
     (lambda: losses.gaussian_nll(TARGETS, LOGITS, torch.ones(4)), ValueError, "var of shape"),
     (lambda: losses.cross_entropy(LOGITS, torch.zeros(6)), TypeError, "targets must hold integer"),
     (lambda: losses.cross_entropy(LOGITS, torch.zeros(5, dtype=torch.long)), ValueError, "targets must have shape"),

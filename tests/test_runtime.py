@@ -17,12 +17,12 @@ def test_profile_from_argument_environment_and_detection(monkeypatch):
 
 
 def test_unknown_profile_names_its_source(monkeypatch):
-    with pytest.raises(ValueError, match="name must be one of"):
+    with pytest.raises(ValueError, match="profile must be one of"):
         runtime.profile("tpu")
     monkeypatch.setenv("AIGC_PROFILE", "fast")
     with pytest.raises(ValueError, match="AIGC_PROFILE must be one of .*'fast'"):
         runtime.profile()
-    with pytest.raises(TypeError, match="name must be a string"):
+    with pytest.raises(TypeError, match="profile must be a string"):
         runtime.profile(3)
 
 
@@ -45,7 +45,7 @@ def test_seed_bad_input(seed, error):
 def test_device():
     assert runtime.device("cpu") == torch.device("cpu")
     assert runtime.device().type in ("cpu", "cuda")
-    with pytest.raises(ValueError, match="name must name a torch device"):
+    with pytest.raises(ValueError, match="device must name a torch device"):
         runtime.device("quantum")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="asks for CUDA"):

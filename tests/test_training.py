@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from aigc_lib import checkpoint as ckpt
-from aigc_lib.training import evaluate_loss, fit
+from aigc_lib.training import evaluate_loss, fit, seeded_order
 
 
 def make_data(n=96, seed=0):
@@ -152,6 +152,20 @@ def test_steps_mode_and_generic_datasets():
     (dict(amp="bf16"), ValueError, "amp must be"),
     (dict(checkpoint="run.pt"), ValueError, "checkpoint must end in .safetensors"),
     (dict(loss_fn=lambda m, x, y: m(x)), TypeError, "loss_fn must return a scalar"),
+    (dict(loss_fn=lambda m, x, y: (classify(m, x, y)[0], {"acc": 0.5})), TypeError,
+     "extra term 'acc' of type float"),
+    (dict(loss_fn=lambda m, x, y: (classify(m, x, y)[0], {"logits": m(x)})), TypeError,
+     "extra term 'logits'.*must be scalar tensors"),
+    (dict(loss_fn=lambda m, x, y: (classify(m, x, y)[0], [1.0])), TypeError,
+     "extras of type list"),
+    (dict(scheduler="cosine"), TypeError, "scheduler must be a learning-rate scheduler"),
+    (dict(evaluate=lambda m: [0.5]), TypeError, "evaluate must return a mapping"),
+    (dict(val=[1, 2]), TypeError, "val must be a Dataset"),
+    (dict(val=(torch.ones(3, 4), torch.ones(2))), ValueError, "val: tensors must share"),
+    (dict(train=torch.full((8, 4), math.nan)), ValueError, "train contains NaN"),
+    (dict(order=lambda epoch: torch.arange(5)), TypeError, r"order\(0\) must return an int64"),
+    (dict(order=[1, 2]), TypeError, "order must be callable"),
+    (dict(sync_interval=0), ValueError, "sync_interval must be > 0"),
 ])
 def test_bad_input(kwargs, error, words):
     model = make_model()
@@ -160,3 +174,41 @@ def test_bad_input(kwargs, error, words):
     args.update(kwargs)
     with pytest.raises(error, match=words):
         fit(**args)
+
+
+def test_a_model_that_would_never_change_is_refused():
+    frozen = make_model().requires_grad_(False)
+    with pytest.raises(ValueError, match="model has no trainable parameters"):
+        fit(frozen, make_data(), loss_fn=classify, epochs=1, progress=False,
+            optimizer=torch.optim.SGD(frozen.parameters(), 0.1))
+    model, other = make_model(), make_model(1)
+    with pytest.raises(ValueError, match="optimizer holds none of model's trainable"):
+        fit(model, make_data(), loss_fn=classify, epochs=1, progress=False,
+            optimizer=torch.optim.SGD(other.parameters(), 0.1))
+
+
+def test_an_unreadable_checkpoint_is_refused_by_resume_naming_the_file(tmp_path):
+    path = tmp_path / "run.safetensors"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="run.safetensors is not a readable safetensors"):
+        run(path)
+    assert path.read_bytes() == b"not a checkpoint at all"     # and it is left as it was
+
+
+def test_custom_order_hook_and_seeded_order():
+    seen = []
+
+    def reversed_order(epoch):
+        seen.append(epoch)
+        return torch.arange(96).flip(0)
+
+    model = make_model()
+    history = fit(model, make_data(), loss_fn=classify, order=reversed_order, epochs=2,
+                  batch_size=16, optimizer=torch.optim.SGD(model.parameters(), 0.1),
+                  progress=False)
+    assert seen == [0, 1] and len(history.step_losses) == 12
+    draws = seeded_order(lambda g: torch.randperm(10, generator=g), seed=4)
+    g = torch.Generator().manual_seed(4)
+    expected = [torch.randperm(10, generator=g) for _ in range(3)]
+    assert torch.equal(draws(2), expected[2]) and torch.equal(draws(0), expected[0])
+    assert torch.equal(draws(1), expected[1])          # replayed from the seed

@@ -89,10 +89,6 @@ LOGITS, TARGETS, MU, LOGVAR = batch(dtype=torch.float32)
 @pytest.mark.parametrize("call, error, words", [
     (lambda: losses.vae_loss(LOGITS, TARGETS[:, :4], MU, LOGVAR), ValueError,
      "logits and targets must have the same shape"),
-    (lambda: losses.vae_loss(LOGITS, TARGETS + 1.5, MU, LOGVAR), ValueError,
-     "targets must lie in [0, 1]"),
-    (lambda: losses.vae_loss(LOGITS, -TARGETS - 0.1, MU, LOGVAR), ValueError,
-     "targets must lie in [0, 1]"),
     (lambda: losses.vae_loss(LOGITS, TARGETS, MU, LOGVAR[:, :2]), ValueError,
      "mu and logvar must have the same shape"),
     (lambda: losses.vae_loss(LOGITS, TARGETS, MU[:4], LOGVAR[:4]), ValueError,
@@ -102,7 +98,6 @@ LOGITS, TARGETS, MU, LOGVAR = batch(dtype=torch.float32)
     (lambda: losses.vae_loss(LOGITS, TARGETS, MU, LOGVAR, beta=-1.0), ValueError, "beta must be >= 0"),
     (lambda: losses.vae_loss(LOGITS, TARGETS, MU, LOGVAR, beta="1"), TypeError, "beta must be a number"),
     (lambda: losses.vae_loss(LOGITS, TARGETS.long(), MU, LOGVAR), TypeError, "targets must be a floating"),
-    (lambda: losses.vae_loss(LOGITS, TARGETS, MU * math.nan, LOGVAR), ValueError, "mu contains NaN"),
 ])
 def test_vae_loss_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error, match=re.escape(words)):

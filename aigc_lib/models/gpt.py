@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aigc_lib import attention, checks, losses
+from aigc_lib import attention, checks, losses, runtime
 
 ATTENTION_PATHS = ("sdpa", "math")
 # GPT-2 keeps these as Conv1D weights of shape (in, out); nn.Linear stores (out, in).
@@ -167,13 +167,11 @@ class GPT(nn.Module):
         the last ``block_size`` tokens). ``temperature=0`` is greedy decoding."""
         checks.tensor("idx", idx, ndim=2)
         checks.positive_number("max_new_tokens", max_new_tokens, integer=True, allow_zero=True)
-        was_training = self.training
-        self.eval()
-        for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.config.block_size:])[:, -1, :]
-            nxt = sample_next_token(logits.float(), temperature, top_k, generator)
-            idx = torch.cat([idx, nxt], dim=1)
-        self.train(was_training)
+        with runtime.eval_mode(self):
+            for _ in range(max_new_tokens):
+                logits = self(idx[:, -self.config.block_size:])[:, -1, :]
+                nxt = sample_next_token(logits.float(), temperature, top_k, generator)
+                idx = torch.cat([idx, nxt], dim=1)
         return idx
 
 
@@ -243,23 +241,21 @@ def sequence_nll(model: GPT, ids: torch.Tensor, stride: int | None = None,
         e = min(s + n, len(ids) - 1)
         windows.append((s, e, max(0, done - s)))
         done, s = e, s + stride
-    was_training = model.training
-    model.eval()
     total, scored = 0.0, 0
     i = 0
-    while i < len(windows):  # batch consecutive windows of equal length
-        j = i
-        while j < len(windows) and j - i < batch_size and \
-                windows[j][1] - windows[j][0] == windows[i][1] - windows[i][0]:
-            j += 1
-        batch = torch.stack([ids[s:e + 1] for s, e, _ in windows[i:j]]).to(dev)
-        nll = F.cross_entropy(model(batch[:, :-1]).float().transpose(1, 2), batch[:, 1:],
-                              reduction="none")
-        for row, (s, e, skip) in zip(nll, windows[i:j]):
-            total += float(row[skip:].sum())
-            scored += e - s - skip
-        i = j
-    model.train(was_training)
+    with runtime.eval_mode(model):
+        while i < len(windows):  # batch consecutive windows of equal length
+            j = i
+            while j < len(windows) and j - i < batch_size and \
+                    windows[j][1] - windows[j][0] == windows[i][1] - windows[i][0]:
+                j += 1
+            batch = torch.stack([ids[s:e + 1] for s, e, _ in windows[i:j]]).to(dev)
+            nll = F.cross_entropy(model(batch[:, :-1]).float().transpose(1, 2), batch[:, 1:],
+                                  reduction="none")
+            for row, (s, e, skip) in zip(nll, windows[i:j]):
+                total += float(row[skip:].sum())
+                scored += e - s - skip
+            i = j
     return total, scored
 
 

@@ -5,7 +5,8 @@ The encoder maps an image :math:`x` to the mean :math:`\mu(x)` and log-variance
 :math:`z` to one logit per pixel, the parameters of :math:`p(x\mid z) = \prod_i
 \operatorname{Bernoulli}(x_i; \sigma(\ell_i(z)))`; the prior is :math:`p(z) = \mathcal N(0, I)`.
 Train it with :func:`aigc_lib.losses.vae_loss`; score it with
-:func:`aigc_lib.metrics.importance_sampled_nll`.
+:func:`aigc_lib.metrics.importance_sampled_nll`. The forward pass checks shapes, not values (reading
+a value would stall a GPU at every step); :meth:`VAE.reconstruct` checks its input's values.
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
     so :math:`\partial z/\partial\mu = 1` and :math:`\partial z/\partial\sigma = \varepsilon`.
     ``eps`` (same shape as ``mu``) fixes the noise; otherwise it is drawn with ``generator``.
     """
-    checks.tensor("mu", mu, floating=True)
-    checks.tensor("logvar", logvar, floating=True)
+    checks.tensor("mu", mu, floating=True, finite=False)
+    checks.tensor("logvar", logvar, floating=True, finite=False)
     checks.same_shape("mu", mu, "logvar", logvar)
     if eps is None:
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     else:
-        checks.tensor("eps", eps, floating=True)
+        checks.tensor("eps", eps, floating=True, finite=False)
         checks.same_shape("mu", mu, "eps", eps)
     return mu + torch.exp(0.5 * logvar) * eps
 
@@ -84,7 +85,7 @@ class VAE(nn.Module):
         self.decoder = _mlp([config.latent_dim, *widths, config.x_dim])
 
     def _check_x(self, x: torch.Tensor) -> None:
-        checks.tensor("x", x, floating=True, ndim=2)
+        checks.tensor("x", x, floating=True, ndim=2, finite=False)
         if x.shape[1] != self.config.x_dim:
             raise ValueError(f"x must have shape (B, {self.config.x_dim}), got {tuple(x.shape)}")
 
@@ -96,7 +97,7 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         r"""Logits :math:`\ell(z)` of :math:`p(x\mid z)`; ``z`` has shape ``(..., latent_dim)``."""
-        checks.tensor("z", z, floating=True)
+        checks.tensor("z", z, floating=True, finite=False)
         if z.ndim < 1 or z.shape[-1] != self.config.latent_dim:
             raise ValueError(f"z must have shape (..., {self.config.latent_dim}), "
                              f"got {tuple(z.shape)}")
@@ -117,6 +118,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         r"""Pixel probabilities decoded from the posterior mean, :math:`\sigma(\ell(\mu(x)))`."""
+        checks.tensor("x", x, floating=True)
         mu, _ = self.encode(x)
         return torch.sigmoid(self.decode(mu))
 
