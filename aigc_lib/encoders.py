@@ -195,5 +195,5 @@ def minilm_embeddings(texts: Sequence[str], max_length: int = 32, normalize: boo
                 tokenizer, encoder = load_tokenizer(), load_encoder()
             vectors = embed(encoder, tokenizer, texts, max_length=max_length,
                             normalize=normalize, progress=progress)
-            checkpoint._write_atomically({"embeddings": vectors}, {}, path)
+            checkpoint.save_tensors({"embeddings": vectors}, path)
         return load_file(str(path))["embeddings"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from aigc_lib import checks, losses
+from aigc_lib import checks, losses, runtime
 
 
 @dataclass(frozen=True)
@@ -368,9 +368,7 @@ def optimise_posterior(model: VAE, x: torch.Tensor, y: torch.Tensor | None = Non
     for name, value in (("steps", steps), ("samples", samples)):
         checks.positive_number(name, value, integer=True)
     checks.positive_number("lr", lr)
-    was_training = model.training
-    model.eval()
-    try:
+    with runtime.eval_mode(model):
         with torch.no_grad():
             mu0, logvar0 = encode(model, x, y)
         mu, logvar = mu0.clone().requires_grad_(), logvar0.clone().requires_grad_()
@@ -383,8 +381,6 @@ def optimise_posterior(model: VAE, x: torch.Tensor, y: torch.Tensor | None = Non
                         + losses.kl_diag_gaussians(mu, logvar)).sum()
             mu.grad, logvar.grad = torch.autograd.grad(neg_elbo, [mu, logvar])
             opt.step()
-    finally:
-        model.train(was_training)
     return mu.detach(), logvar.detach()
 
 
