@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from aigc_lib import checks, finetune, losses
+from aigc_lib import checks, finetune, losses, runtime
 
 
 @dataclass
@@ -181,7 +181,7 @@ def token_kl(model: nn.Module, reference: nn.Module, encoded: finetune.Encoded,
         raise TypeError(f"encoded must be an Encoded batch, got {type(encoded).__name__}")
     device = next(model.parameters()).device
     out = []
-    with finetune._eval_mode(model), finetune._eval_mode(reference):
+    with runtime.eval_mode(model, reference):
         for start in range(0, len(encoded), batch_size):
             rows = slice(start, start + batch_size)
             ids, mask, labels = (t.to(device) for t in finetune._trim(
