@@ -160,6 +160,25 @@ class Comparison:
         return (base_error - error) / base_error
 
     @property
+    def improvement_interval(self) -> tuple[float, float] | None:
+        """:attr:`improvement` at the two ends of :attr:`difference_interval` (ordered low,
+        high), or ``None`` when no interval was recorded. The map from the difference
+        :math:`v - b` to the improvement is linear for a fixed baseline value, so the interval
+        carries over exactly."""
+        if self.difference_interval is None:
+            return None
+        b = self.baseline_value
+        ends = []
+        for diff in self.difference_interval:
+            if self.kind == "log-loss":
+                ends.append(-diff)
+            elif self.kind == "error":
+                ends.append(-diff / b if b else math.nan)
+            else:
+                ends.append(diff / (1 - b) if b != 1 else math.nan)
+        return (min(ends), max(ends))
+
+    @property
     def improvement_unit(self) -> str:
         """What :attr:`improvement` is measured in, for a table header or an axis label."""
         if self.kind == "log-loss":

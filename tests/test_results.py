@@ -220,3 +220,17 @@ def test_the_library_ships_every_chapter_notebook():
     book = Path(__file__).resolve().parents[1] / "book"
     assert sorted(p.name for p in folder.glob("[0-9][0-9]_*.ipynb")) == \
         sorted(p.name for p in book.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("kind, value, base, diff, expected", [
+    ("log-loss", 1.9, 1.6, (0.2, 0.4), (-0.4, -0.2)),        # bits saved: b - v
+    ("error", 3.0, 30.0, (-28.0, -24.0), (0.8, 28 / 30)),    # relative reduction (b - v)/b
+    ("score", 0.9, 0.8, (0.05, 0.15), (0.25, 0.75)),         # (v - b)/(1 - b)
+])
+def test_improvement_interval_maps_the_difference_interval(kind, value, base, diff, expected):
+    row = Comparison("t", "b", "m", value, base, kind=kind, difference_interval=diff,
+                     interval_method="min–max over 3 seeds")
+    low, high = row.improvement_interval
+    assert (low, high) == pytest.approx(expected)
+    assert low <= row.improvement <= high
+    assert Comparison("t", "b", "m", value, base, kind=kind).improvement_interval is None
