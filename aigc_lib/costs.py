@@ -95,6 +95,26 @@ def measure_speed(predict: Callable[[list[str]], Any], texts: Sequence[str],
     return Speed(statistics.median(single), len(texts) / statistics.median(passes), batch_size)
 
 
+def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``repeats`` calls of ``fn()`` after ``warmup`` calls (on a
+    GPU, each timing waits for the device to finish: ``torch.cuda.synchronize``)."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    checks.positive_number("repeats", repeats, integer=True)
+    checks.positive_number("warmup", warmup, integer=True, allow_zero=True)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 # ------------------------------------------------------------ money and energy (chapter 11)
 
 

@@ -44,15 +44,15 @@ def _count(name: str, value: object) -> int:
 
 
 def training_bytes(n_params: int, activations: int, bytes_per_number: int = 4,
-                   optimizer_states: int = 2) -> Memory:
-    r"""Memory of a training step by formula: weights and gradients :math:`bN` each, the
-    optimizer's ``optimizer_states`` numbers per parameter (Adam: 2, its two moving averages;
-    SGD with momentum: 1), and the given ``activations`` bytes. (Mixed precision keeps float32
-    master weights and Adam states besides the 16-bit copies; pass the bytes accordingly.)"""
+                   optimizer_bytes: int = 8) -> Memory:
+    r"""Memory of a training step by formula: weights and gradients of :math:`bN` bytes each,
+    ``optimizer_bytes`` per parameter for the optimizer (Adam in float32: 8, its two moving
+    averages; mixed precision, :math:`b = 2`, keeps a float32 master copy besides: 12), and the
+    given ``activations`` bytes."""
     n = _count("n_params", n_params)
     b = _count("bytes_per_number", bytes_per_number)
     return Memory(weights=n * b, gradients=n * b,
-                  optimizer=n * b * _count("optimizer_states", optimizer_states),
+                  optimizer=n * _count("optimizer_bytes", optimizer_bytes),
                   activations=_count("activations", activations))
 
 

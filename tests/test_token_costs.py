@@ -1,6 +1,7 @@
 """Money, energy and break-even arithmetic, the escalation policy, distinct n-grams and
 speculative decoding (chapter 11)."""
 import math
+import time
 
 import pytest
 import torch
@@ -22,6 +23,19 @@ def test_per_thousand_requests_by_hand():
     assert (half.dollars, half.kwh) == pytest.approx((2.0, 1.0))  # idle hours paid, not drawn
     assert costs.per_thousand_requests(0.0).dollars == 0.0
     assert costs.CPU_VM.watts == pytest.approx(2 * 3.5 * 1.135)
+
+
+def test_median_seconds_takes_the_median_of_repeats():
+    calls, pauses = [], iter([0.0, 0.05, 0.0, 0.2, 0.0])
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(pauses))
+
+    seconds = costs.median_seconds(fn, repeats=3, warmup=2)
+    assert len(calls) == 5 and 0.0 <= seconds < 0.05      # the repeats slept 0.2, 0, 0
+    with pytest.raises(TypeError, match="fn"):
+        costs.median_seconds(42)
 
 
 def test_escalation_policy_by_hand_and_as_chapter_12_computes_it():
@@ -176,3 +190,21 @@ def test_expected_speedup_formula():
 def test_bad_input_is_rejected(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+def test_a_custom_recipe_is_trained_once_and_cached_apart(tmp_path, monkeypatch):
+    from aigc_lib import pretrained
+
+    monkeypatch.setenv("AIGC_CACHE", str(tmp_path))
+    draft = pretrained.Recipe(vocab_size=300, n_layer=1, n_head=2, n_embd=8, block_size=32,
+                              dropout=0.0, steps=4, batch_size=2, lr=3e-3, warmup_steps=1,
+                              min_lr_ratio=0.1, weight_decay=0.1, clip_grad_norm=1.0,
+                              eval_every=4)
+    first = pretrained.load("bpe", "cpu", progress=False, custom=draft)
+    assert first.trained_now and first.model.config.n_embd == 8 and first.recipe == draft
+    assert first.folder == pretrained.folder("bpe", "cpu", custom=draft)
+    assert first.folder != pretrained.folder("bpe", "cpu")
+    again = pretrained.load("bpe", "cpu", progress=False, custom=draft)
+    assert not again.trained_now and again.folder == first.folder
+    with pytest.raises(TypeError, match="custom"):
+        pretrained.folder("bpe", "cpu", custom={"n_layer": 1})
