@@ -95,24 +95,43 @@ def measure_speed(predict: Callable[[list[str]], Any], texts: Sequence[str],
     return Speed(statistics.median(single), len(texts) / statistics.median(passes), batch_size)
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``repeats`` calls of ``fn()`` after ``warmup`` calls (on a
-    GPU, each timing waits for the device to finish: ``torch.cuda.synchronize``)."""
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+def interleaved_seconds(fns: dict[str, Callable[[], Any]], repeats: int = 3, warmup: int = 1,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds of each call of several functions, timed in turns: every repeat calls each
+    function once, in order, so that a change in the machine's load during the measurement
+    affects all of them alike and their ratios, repeat by repeat, stay comparable (chapter
+    11). ``clock`` is wall-clock time by default (on a GPU each timing then waits for the
+    device, ``torch.cuda.synchronize``), or e.g. ``time.process_time``, the processor time
+    this process used, which on a machine shared with other programs leaves out the time
+    spent waiting for them. Returns ``{name: [seconds of each repeat]}``."""
+    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
+        raise TypeError("fns must be a non-empty dict of name -> callable")
+    if not callable(clock):
+        raise TypeError(f"clock must be callable, got {type(clock).__name__}")
     checks.positive_number("repeats", repeats, integer=True)
     checks.positive_number("warmup", warmup, integer=True, allow_zero=True)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            sync()
+            start = clock()
+            fn()
+            sync()
+            times[name].append(clock() - start)
+    return times
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1,
+                   clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds of ``repeats`` calls of ``fn()`` after ``warmup`` calls, read on
+    ``clock`` (see :func:`interleaved_seconds`)."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    return statistics.median(interleaved_seconds({"fn": fn}, repeats, warmup, clock)["fn"])
 
 
 # ------------------------------------------------------------ money and energy (chapter 11)

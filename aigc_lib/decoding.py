@@ -52,6 +52,11 @@ def accept_or_resample(p: torch.Tensor, q: torch.Tensor, token: int,
     checks.same_shape("p", p, "q", q)
     if not 0 <= token < len(q) or q[token] <= 0:
         raise ValueError(f"token must be a draft token with q(token) > 0, got {token}")
+    return _accept_or_resample(p, q, token, generator)
+
+
+def _accept_or_resample(p: torch.Tensor, q: torch.Tensor, token: int,
+                        generator: torch.Generator | None) -> tuple[bool, int]:
     ratio = (p[token] / q[token]).item()
     u = torch.rand((), generator=generator, device=p.device).item()
     if u < min(1.0, ratio):
@@ -140,7 +145,7 @@ def speculative_generate(target: gpt.GPT, draft: gpt.GPT, idx: torch.Tensor,
         t_calls += 1
         kept, n_ok = [], 0
         for i, x in enumerate(proposals):
-            ok, token = accept_or_resample(p_rows[i], q_rows[i], int(x), generator)
+            ok, token = _accept_or_resample(p_rows[i], q_rows[i], int(x), generator)
             kept.append(token)
             if not ok:
                 break
@@ -155,21 +160,24 @@ def speculative_generate(target: gpt.GPT, draft: gpt.GPT, idx: torch.Tensor,
     return SpeculativeResult(seq, drafted, accepted, t_calls, d_calls)
 
 
-def expected_speedup(acceptance: float, draft_tokens: int, cost_ratio: float) -> float:
+def expected_speedup(acceptance: float, draft_tokens: int, cost_ratio: float,
+                     verify_ratio: float = 1.0) -> float:
     r"""Speed-up of speculative decoding over plain decoding predicted by Leviathan et al.
     (2023) when each draft token is accepted independently with probability :math:`\alpha`:
     a round of :math:`\gamma` drafts emits :math:`(1-\alpha^{\gamma+1})/(1-\alpha)` tokens on
-    average and costs :math:`\gamma c + 1` target passes, :math:`c` being the cost of a draft
-    pass relative to a target pass (a target pass over :math:`\gamma + 1` tokens assumed to cost
-    what one over a single token does):
+    average and costs :math:`\gamma c + v` target steps, :math:`c` being the cost of a draft
+    step relative to a target step and :math:`v` that of the target's pass over the
+    :math:`\gamma + 1` tokens (1 in the paper's analysis, where such a pass is assumed to cost
+    what a single-token step does):
 
-    .. math:: S = \frac{1 - \alpha^{\gamma+1}}{(1 - \alpha)(\gamma c + 1)}.
+    .. math:: S = \frac{1 - \alpha^{\gamma+1}}{(1 - \alpha)(\gamma c + v)}.
     """
     checks.positive_number("acceptance", acceptance, allow_zero=True)
     checks.positive_number("draft_tokens", draft_tokens, integer=True)
     checks.positive_number("cost_ratio", cost_ratio, allow_zero=True)
+    checks.positive_number("verify_ratio", verify_ratio)
     if acceptance > 1:
         raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
     tokens = draft_tokens + 1 if acceptance == 1 else \
         (1 - acceptance ** (draft_tokens + 1)) / (1 - acceptance)
-    return tokens / (draft_tokens * cost_ratio + 1)
+    return tokens / (draft_tokens * cost_ratio + verify_ratio)

@@ -34,8 +34,21 @@ def test_median_seconds_takes_the_median_of_repeats():
 
     seconds = costs.median_seconds(fn, repeats=3, warmup=2)
     assert len(calls) == 5 and 0.0 <= seconds < 0.05      # the repeats slept 0.2, 0, 0
+    pauses = iter([0.0, 0.3])
+    assert costs.median_seconds(fn, 1, 1, clock=time.process_time) < 0.1   # sleep uses no CPU
     with pytest.raises(TypeError, match="fn"):
         costs.median_seconds(42)
+    with pytest.raises(TypeError, match="clock"):
+        costs.median_seconds(fn, clock=1.0)
+
+
+def test_interleaved_seconds_take_turns():
+    order = []
+    times = costs.interleaved_seconds({"a": lambda: order.append("a"),
+                                       "b": lambda: order.append("b")}, repeats=3, warmup=1)
+    assert order == ["a", "b"] * 4 and [len(v) for v in times.values()] == [3, 3]
+    with pytest.raises(TypeError, match="fns"):
+        costs.interleaved_seconds({})
 
 
 def test_escalation_policy_by_hand_and_as_chapter_12_computes_it():
@@ -163,6 +176,8 @@ def test_expected_speedup_formula():
     assert decoding.expected_speedup(0.5, 1, 0.0) == pytest.approx(1.5)
     assert decoding.expected_speedup(0.8, 3, 0.1) == pytest.approx(
         (1 - 0.8 ** 4) / 0.2 / 1.3)
+    assert decoding.expected_speedup(0.8, 3, 0.1, verify_ratio=1.5) == pytest.approx(
+        (1 - 0.8 ** 4) / 0.2 / 1.8)
 
 
 @pytest.mark.parametrize("call, error, words", [
