@@ -22,7 +22,33 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``encoders``    pretrained sentence encoders offline: tokenizing, mean pooling, embeddings
 - ``classifier``  a classifier on a pretrained encoder, fully or with LoRA (peft), via ``fit``
 - ``augment``     simple text augmentation (random deletion, swap, typos), seeded
-- ``costs``       parameter counts, size on disk, latency and throughput
+- ``costs``       parameter counts, size on disk, latency and throughput; FLOPs, money and
+                  energy per request, the escalation policy and the break-even of a use case
+- ``quantize``    bf16 and int8 (torchao) copies of a model, an int8 reference, size in memory
+- ``memory``      bytes to train and to serve a model: weights, gradients, Adam, activations
+- ``decoding``    distinct n-grams of samples, speculative decoding
 """
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+
+_NOT_FOR_THE_READER = ("Failed to load", "Detected no triton",
+                       "is an Enum subclass and is now natively supported")
+
+
+class _QuietTorchaoImport(_logging.Filter):
+    """``transformers`` imports ``torchao`` (chapter 11's quantisation library) whenever it
+    loads a model. On a CPU-only torch that import logs that torchao's CUDA kernels cannot load
+    (none is needed on a CPU) and that Triton (a GPU compiler) is missing, and torch logs that
+    torchao's enum registrations are no longer needed; none of this concerns the reader, so
+    these messages, and only they, are dropped."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(part in text for part in _NOT_FOR_THE_READER)
+
+
+for _name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
+    _logging.getLogger(_name).addFilter(_QuietTorchaoImport())

@@ -175,10 +175,19 @@ def _key(tokenizer: str, r: Recipe) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def folder(tokenizer: str = "bpe", profile: str | None = None) -> Path:
-    """Where the model for ``tokenizer`` and ``profile`` is (or will be) cached."""
+def folder(tokenizer: str = "bpe", profile: str | None = None,
+           custom: Recipe | None = None) -> Path:
+    """Where the model for ``tokenizer`` and ``profile`` (or the ``custom`` recipe) is, or will
+    be, cached."""
     name = runtime.profile(profile)
-    return runtime.cache_dir("pretrained") / f"gpt-{tokenizer}-{name}-{_key(tokenizer, recipe(tokenizer, name))}"
+    r = recipe(tokenizer, name) if custom is None else _custom(custom)
+    return runtime.cache_dir("pretrained") / f"gpt-{tokenizer}-{name}-{_key(tokenizer, r)}"
+
+
+def _custom(r: object) -> Recipe:
+    if not isinstance(r, Recipe):
+        raise TypeError(f"custom must be a pretrained.Recipe or None, got {type(r).__name__}")
+    return r
 
 
 def _export(path: Path, model: gpt.GPT, tokenizer, r: Recipe, history: training.History) -> None:
@@ -212,16 +221,18 @@ def _read(path: Path, r: Recipe, trained_now: bool, device: str | None) -> Pretr
 
 
 def load(tokenizer: str = "bpe", profile: str | None = None, progress: bool = True,
-         device: str | None = None) -> Pretrained:
+         device: str | None = None, custom: Recipe | None = None) -> Pretrained:
     """The pretrained GPT for ``tokenizer`` (``"bpe"`` or ``"byte"``) and the run profile: loaded
     from the cache, or trained by :func:`train` on first use and cached (chapter 7).
 
     Training runs on :func:`aigc_lib.runtime.device` (the GPU when there is one) under a file
     lock, so parallel callers wait for one training; an interrupted training resumes from its
     checkpoint. The returned model is in eval mode on ``device`` (default: the same device).
+    ``custom`` trains and caches another recipe instead (chapter 11's draft model for
+    speculative decoding); its folder name hashes the recipe, so each recipe is its own model.
     """
-    r = recipe(tokenizer, profile)
-    path = folder(tokenizer, profile)
+    r = recipe(tokenizer, profile) if custom is None else _custom(custom)
+    path = folder(tokenizer, profile, custom)
     from filelock import FileLock
 
     with FileLock(str(path) + ".lock"):

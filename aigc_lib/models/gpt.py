@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -72,15 +73,25 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """``mask``: ``None`` for plain causal attention over ``x`` (or, with a ``cache`` and
+        one new token, attention to everything cached), else a boolean ``(B, 1, T, T_past + T)``
+        tensor, True where a query may see a key. ``cache``: keys and values of the earlier
+        tokens; this call appends the new ones to the slot of ``layer``."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        causal = mask is None and k.shape[2] == T
         p = self.dropout if self.training else 0.0
         if self.path == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                               is_causal=causal)
         else:
-            y = attention.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            y = attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                                       dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)   # concatenate the heads
         return self.resid_dropout(self.c_proj(y))
 
@@ -109,8 +120,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -145,55 +157,258 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Logits ``(B, T, V)`` of the token ids ``idx`` ``(B, T)``.
+
+        ``cache`` (chapter 11): a :class:`KVCache` holding the keys and values of the
+        ``T_past = cache.length`` tokens read before; ``idx`` then holds only the new tokens,
+        which sit at positions ``T_past, T_past + 1, ...`` and see every earlier token, and the
+        cache gains their keys and values. ``attention_mask`` ``(B, T_past + T)``: 1 for a real
+        token, 0 for left padding; positions then count real tokens only, and no real token
+        sees a padding token, so a padded row computes what it would compute alone.
+        """
         checks.tensor("idx", idx, ndim=2)
         if idx.dtype != torch.long:
             raise TypeError(f"idx must hold int64 token ids, got dtype {idx.dtype}")
-        T = idx.shape[1]
-        if T > self.config.block_size:
-            raise ValueError(f"idx has {T} positions but the model's block_size is "
-                             f"{self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        B, T = idx.shape
+        past = 0
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
+            past = cache.length
+        if past + T > self.config.block_size:
+            raise ValueError(f"idx has {T} positions (after {past} cached ones) but the "
+                             f"model's block_size is {self.config.block_size}")
+        pos, mask = _positions_and_mask(attention_mask, B, T, past, idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, mask, cache, layer)
+        if cache is not None:
+            cache.length = past + T
         return self.lm_head(self.transformer.ln_f(x))
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 top_p: float | None = None, attention_mask: torch.Tensor | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
         """Append ``max_new_tokens`` tokens to ``idx`` ``(B, T)``, one at a time, each drawn by
-        :func:`sample_next_token` from the logits of the last position (the context is cropped to
-        the last ``block_size`` tokens). ``temperature=0`` is greedy decoding."""
+        :func:`sample_next_token` (greedy when ``temperature=0``; ``top_k``, ``top_p``) from the
+        logits of the last position (chapters 7 and 11).
+
+        ``use_cache=True`` keeps every layer's keys and values in a :class:`KVCache`, so each
+        step reads one new token instead of the whole sequence; the tokens are the same as
+        without it. Once the sequence is longer than ``block_size`` the context is cropped to
+        its last ``block_size`` tokens; every position then shifts at each step, the cached
+        keys no longer apply, and the remaining steps run without the cache.
+        ``attention_mask`` ``(B, T)`` marks left padding with 0 (see :func:`left_pad`): each row
+        then generates what it would generate alone.
+        """
         checks.tensor("idx", idx, ndim=2)
+        if idx.shape[1] == 0:
+            raise ValueError("idx must hold at least one token per row")
         checks.positive_number("max_new_tokens", max_new_tokens, integer=True, allow_zero=True)
+        if not isinstance(use_cache, bool):
+            raise TypeError(f"use_cache must be a bool, got {type(use_cache).__name__}")
+        mask = _left_padding_mask(attention_mask, idx)
+        B, T0 = idx.shape
+        n = self.config.block_size
+        capacity = min(T0 + max_new_tokens - 1, n)
+        cache = KVCache(self.config, B, capacity) if use_cache and 0 < T0 <= capacity else None
         with runtime.eval_mode(self):
             for _ in range(max_new_tokens):
-                logits = self(idx[:, -self.config.block_size:])[:, -1, :]
-                nxt = sample_next_token(logits.float(), temperature, top_k, generator)
+                if cache is not None and idx.shape[1] <= capacity:
+                    logits = self(idx[:, cache.length:], mask, cache)[:, -1, :]
+                else:
+                    logits = self(idx[:, -n:], None if mask is None else mask[:, -n:])[:, -1, :]
+                nxt = sample_next_token(logits.float(), temperature, top_k, generator, top_p)
                 idx = torch.cat([idx, nxt], dim=1)
+                if mask is not None:
+                    mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         return idx
 
 
-def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""Draw one token per row of ``logits`` ``(B, V)``; returns ``(B, 1)`` ids (chapter 7).
+class KVCache:
+    r"""The keys and values of every layer for the tokens a :class:`GPT` has read (chapter 11).
 
-    With temperature :math:`\tau > 0` the token is drawn from
-    :math:`p_i \propto \exp(z_i/\tau)` restricted to the ``top_k`` largest logits (all when
-    ``None``): :math:`\tau < 1` sharpens the distribution, :math:`\tau > 1` flattens it.
-    :math:`\tau = 0` is greedy decoding, :math:`\arg\max_i z_i`, the limit :math:`\tau \to 0`.
-    Ties at the ``top_k``-th logit are all kept.
+    A new token's query must meet the keys and values of every earlier token in every layer;
+    they do not change once computed (causal attention), so the cache keeps them instead of
+    recomputing them at every step. They live in tensors allocated once, at the first
+    :meth:`update` of each layer, of shape ``(B, h, capacity, d/h)`` for the keys and for the
+    values, in the dtype and on the device of the model; the cache then holds
+    :func:`kv_cache_bytes` ``(config, capacity, B)`` bytes (:attr:`nbytes`). The first
+    ``length`` positions are filled; :meth:`crop` forgets the last ones (speculative decoding
+    rolls back rejected draft tokens so).
     """
-    checks.tensor("logits", logits, floating=True, ndim=2)
+
+    def __init__(self, config: GPTConfig, batch_size: int, capacity: int):
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.batch_size = checks.positive_number("batch_size", batch_size, integer=True)
+        self.capacity = checks.positive_number("capacity", capacity, integer=True)
+        if capacity > config.block_size:
+            raise ValueError(f"capacity must be <= block_size ({config.block_size}), "
+                             f"got {capacity}")
+        self.keys: list[torch.Tensor | None] = [None] * config.n_layer
+        self.values: list[torch.Tensor | None] = [None] * config.n_layer
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys and values ``(B, h, T, d/h)`` of ``T`` new tokens after the ``length``
+        cached ones in ``layer``; return all ``length + T`` keys and values of that layer."""
+        B, H, T, D = k.shape
+        end = self.length + T
+        if B != self.batch_size:
+            raise ValueError(f"the cache holds batches of {self.batch_size}, got {B} rows")
+        if end > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} tokens; {self.length} are "
+                             f"cached and {T} more do not fit")
+        if self.keys[layer] is None:
+            self.keys[layer] = k.new_empty(B, H, self.capacity, D)
+            self.values[layer] = v.new_empty(B, H, self.capacity, D)
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def crop(self, length: int) -> None:
+        """Forget every cached token after the first ``length``."""
+        checks.positive_number("length", length, integer=True, allow_zero=True)
+        if length > self.length:
+            raise ValueError(f"length must be <= the {self.length} cached tokens, got {length}")
+        self.length = length
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors allocated so far (keys and values of every layer)."""
+        return sum(t.untyped_storage().nbytes() for t in self.keys + self.values
+                   if t is not None)
+
+
+def kv_cache_bytes(config: GPTConfig, tokens: int, batch_size: int = 1,
+                   bytes_per_number: int = 4) -> int:
+    r"""Bytes of the keys and values of ``tokens`` tokens in every layer (chapter 11):
+
+    .. math:: 2 \cdot L \cdot h \cdot d_h \cdot T \cdot B \cdot b,
+
+    one key and one value vector of :math:`h` heads of size :math:`d_h = d/h` per layer and
+    token, :math:`b` bytes per number (4 in float32, 2 in bfloat16)."""
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+    checks.positive_number("tokens", tokens, integer=True, allow_zero=True)
+    checks.positive_number("batch_size", batch_size, integer=True)
+    checks.positive_number("bytes_per_number", bytes_per_number, integer=True)
+    return (2 * config.n_layer * config.n_head * config.head_dim * tokens * batch_size
+            * bytes_per_number)
+
+
+def _positions_and_mask(attention_mask: torch.Tensor | None, B: int, T: int, past: int,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position ids of ``T`` new tokens after ``past`` cached ones, and the boolean attention
+    mask (``None`` when plain causal attention does)."""
+    total = past + T
+    if attention_mask is None:
+        pos = torch.arange(past, total, device=device)
+        if past == 0 or T == 1:
+            return pos, None
+        return pos, torch.ones(T, total, dtype=torch.bool, device=device).tril(past)
+    checks.tensor("attention_mask", attention_mask, ndim=2)
+    if tuple(attention_mask.shape) != (B, total):
+        raise ValueError(f"attention_mask must have shape (B, T_past + T) = {(B, total)}, got "
+                         f"{tuple(attention_mask.shape)}")
+    real = attention_mask.bool()
+    pos = (real.long().cumsum(1) - 1).clamp(min=0)[:, past:]
+    query = torch.arange(past, total, device=device)[:, None]
+    key = torch.arange(total, device=device)[None, :]
+    # a query sees earlier real tokens; a padding query sees itself, so no row is empty
+    allowed = ((key <= query) & real[:, None, :]) | (key == query)
+    return pos, allowed[:, None]
+
+
+def _left_padding_mask(attention_mask: torch.Tensor | None,
+                       idx: torch.Tensor) -> torch.Tensor | None:
+    if attention_mask is None:
+        return None
+    checks.tensor("attention_mask", attention_mask, ndim=2)
+    if attention_mask.shape != idx.shape:
+        raise ValueError(f"attention_mask must have the shape of idx {tuple(idx.shape)}, got "
+                         f"{tuple(attention_mask.shape)}")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    mask = attention_mask.long()
+    if not bool((mask[:, 1:] >= mask[:, :-1]).all()) or not bool(mask[:, -1].all()):
+        raise ValueError("attention_mask must describe left padding: zeros, then ones, and "
+                         "at least one token per row")
+    return mask
+
+
+def left_pad(sequences: Sequence[Sequence[int] | torch.Tensor],
+             pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``(B, T)`` and attention mask of sequences of different lengths, padded on
+    the left with ``pad_id`` to the longest (chapter 11): generation appends on the right, so
+    every row's last real token sits in the last column."""
+    if isinstance(sequences, (str, torch.Tensor)) or not isinstance(sequences, Sequence) \
+            or not sequences:
+        raise TypeError("sequences must be a non-empty list of token-id sequences")
+    checks.positive_number("pad_id", pad_id, integer=True, allow_zero=True)
+    rows = [torch.as_tensor(s, dtype=torch.long).flatten() for s in sequences]
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("every sequence must hold at least one token")
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, T - len(r):], mask[b, T - len(r):] = r, 1
+    return ids, mask
+
+
+def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None) -> torch.Tensor:
+    r"""The distribution ``(B, V)`` that :func:`sample_next_token` draws from (chapters 7, 11).
+
+    With temperature :math:`\tau > 0`: :math:`p_i \propto \exp(z_i/\tau)`, restricted to the
+    ``top_k`` largest logits (ties at the ``top_k``-th all kept), then to the **nucleus**: the
+    smallest set of most likely tokens whose probability reaches ``top_p``, token :math:`i`
+    (in decreasing order of probability) kept iff the tokens before it hold less than
+    ``top_p`` (Holtzman et al., 2020); renormalised. ``top_p=1`` keeps every token.
+    :math:`\tau = 0` is greedy decoding: all the mass on :math:`\arg\max_i z_i`.
+    """
+    checks.tensor("logits", logits, floating=True, finite=False, ndim=2)
     checks.positive_number("temperature", temperature, allow_zero=True)
+    if top_p is not None:
+        checks.positive_number("top_p", top_p)
+        if top_p > 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
+        return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
     if top_k is not None:
         checks.positive_number("top_k", top_k, integer=True)
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p is None or top_p == 1:
+        return probs
+    ranked, order = probs.sort(dim=-1, descending=True)
+    keep_ranked = ranked.cumsum(dim=-1) - ranked < top_p      # mass before each token < p
+    keep = torch.zeros_like(keep_ranked).scatter(-1, order, keep_ranked)
+    probs = probs * keep
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      generator: torch.Generator | None = None,
+                      top_p: float | None = None) -> torch.Tensor:
+    r"""Draw one token per row of ``logits`` ``(B, V)``; returns ``(B, 1)`` ids (chapters 7, 11).
+
+    The token is drawn from :func:`next_token_probs`: :math:`p_i \propto \exp(z_i/\tau)`
+    restricted to the ``top_k`` largest logits and the ``top_p`` nucleus (all tokens when
+    ``None``): :math:`\tau < 1` sharpens the distribution, :math:`\tau > 1` flattens it.
+    :math:`\tau = 0` is greedy decoding, :math:`\arg\max_i z_i`, the limit :math:`\tau \to 0`.
+    """
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    if temperature == 0:
+        return probs.argmax(dim=-1, keepdim=True)
     return torch.multinomial(probs, 1, generator=generator)
 
 
@@ -296,6 +511,44 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: boo
     d, L = config.n_embd, config.n_layer
     forward = 2 * (12 * L * d * d + config.vocab_size * d) + 4 * L * T * d
     return 3 * forward if training else forward
+
+
+def forward_flops(config: GPTConfig, tokens: int, past: int = 0) -> int:
+    r"""Matrix-multiply FLOPs of one forward pass over ``tokens`` new tokens that attend to
+    ``past`` cached ones and to each other (chapter 11):
+
+    .. math:: C = 2 N_\text{mm} T + 4 L d\, T (T_\text{past} + T),
+
+    the weights :math:`N_\text{mm} = 12Ld^2 + Vd` once per token, and :math:`QK^\top` and the
+    weighted sum of values over all :math:`T_\text{past} + T` keys, counted in full (as a
+    matrix multiply computes them; the causal mask zeroes part of the :math:`T \times T`
+    block). ``forward_flops(config, 1, T - 1)`` is :func:`flops_per_token` at context
+    :math:`T`; a step of cached generation reads one token, an uncached one all of them."""
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+    checks.positive_number("tokens", tokens, integer=True)
+    checks.positive_number("past", past, integer=True, allow_zero=True)
+    d, L = config.n_embd, config.n_layer
+    return 2 * (12 * L * d * d + config.vocab_size * d) * tokens + 4 * L * d * tokens * (
+        past + tokens)
+
+
+def generation_flops(config: GPTConfig, prompt_tokens: int, new_tokens: int,
+                     use_cache: bool = True) -> int:
+    r"""Forward FLOPs (:func:`forward_flops`) of :meth:`GPT.generate` appending ``new_tokens`` to
+    a prompt of ``prompt_tokens``, within the context (chapter 11). With the cache: one pass
+    over the prompt, then one token per step, :math:`\approx 2N_\text{mm}` per token plus
+    attention growing linearly; without: step :math:`s` re-reads all
+    :math:`P + s` tokens, so the total grows with the square of the length."""
+    checks.positive_number("prompt_tokens", prompt_tokens, integer=True)
+    checks.positive_number("new_tokens", new_tokens, integer=True)
+    if prompt_tokens + new_tokens - 1 > config.block_size:
+        raise ValueError(f"prompt_tokens + new_tokens - 1 must fit in block_size "
+                         f"({config.block_size}), got {prompt_tokens + new_tokens - 1}")
+    if not use_cache:
+        return sum(forward_flops(config, prompt_tokens + s) for s in range(new_tokens))
+    return forward_flops(config, prompt_tokens) + sum(
+        forward_flops(config, 1, prompt_tokens + s - 1) for s in range(1, new_tokens))
 
 
 # ---------------------------------------------------------------- Hugging Face GPT-2 weights
