@@ -218,6 +218,15 @@ class Comparison:
         return high < 0 if self.lower_is_better else low > 0
 
 
+    @property
+    def loses_to_baseline_surely(self) -> bool | None:
+        """Whether the interval of the difference lies entirely on the losing side of 0;
+        ``None`` when no interval was recorded."""
+        if self.difference_interval is None:
+            return None
+        low, high = self.difference_interval
+        return low > 0 if self.lower_is_better else high < 0
+
 def _finite(name: str, number: object) -> float:
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(number).__name__}")

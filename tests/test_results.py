@@ -181,7 +181,11 @@ def test_interval_round_trips_and_says_whether_the_win_is_sure():
     unsure = vae_row(technique="VAE, beta=4", difference_interval=(-1.0, 0.5),
                      interval_method="paired bootstrap 95 %")
     assert sure.beats_baseline_surely is True and unsure.beats_baseline_surely is False
+    assert sure.loses_to_baseline_surely is False and unsure.loses_to_baseline_surely is False
+    assert vae_row(difference_interval=(1.0, 2.0), interval_method="min–max over 3 seeds"
+                   ).loses_to_baseline_surely is True
     assert vae_row().beats_baseline_surely is None
+    assert vae_row().loses_to_baseline_surely is None
     results.record("03_vae", [sure, unsure])
     assert results.load("03_vae").comparisons == (sure, unsure)
 
