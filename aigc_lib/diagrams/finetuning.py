@@ -13,7 +13,7 @@ from aigc_lib import finetune
 from aigc_lib.diagrams.core import ACCENT, EDGE, MUTED, PALETTE, arrow, box, canvas, note
 from aigc_lib.models.lora import LoRALinear
 
-WIDTH = 9.0          # inches
+WIDTH = 7.6          # inches: the book's content column, so the text is not scaled down
 CHAR = 0.062         # inches per character of 7-point monospace text
 
 
@@ -77,7 +77,7 @@ def _zoom(ax, columns: list[dict], left: float, top: float, name: str,
 
 
 def chat_labels(tokenizer, messages: Sequence[dict], encoded: finetune.Encoded,
-                row: int = 0, context: int = 3, answer: int = 4, padding: int = 2) -> Figure:
+                row: int = 0, context: int = 3, answer: int = 3, padding: int = 2) -> Figure:
     """A conversation (``messages``), the tokens the chat template renders it into, and row
     ``row`` of the padded training batch ``encoded`` (from :func:`aigc_lib.finetune.encode_chats`):
     every token green where its label is kept, grey where it is ``-100``; then two close-ups of
@@ -98,7 +98,8 @@ def chat_labels(tokenizer, messages: Sequence[dict], encoded: finetune.Encoded,
         width = (len(piece) + 0.8) * CHAR
         rows_of_tiles, x = (rows_of_tiles + 1, width) if x + width > WIDTH else (
             rows_of_tiles, x + width)
-    height = 0.75 + 0.55 + 0.55 + 0.27 * rows_of_tiles + 0.55 + 1.3
+    # title 0.2, messages 0.95, tiles 0.37 + 0.27 per extra row, close-ups 1.65, note 0.35
+    height = 0.2 + 0.95 + 0.37 + 0.27 * (rows_of_tiles - 1) + 1.65 + 0.35
     fig, ax = canvas(WIDTH, height)
     top = height - 0.2
     note(ax, 0, top, "1. the conversation: a list of messages", ha="left", color="black")
@@ -121,9 +122,8 @@ def chat_labels(tokenizer, messages: Sequence[dict], encoded: finetune.Encoded,
     right, _ = _zoom(ax, start, 1.25, top - 0.3, "where the first answer starts", True)
     _, bottom = _zoom(ax, end, right + 0.3, top - 0.3,
                       "the row's end: end-of-turn kept, padding masked", False)
-    note(ax, 0, bottom - 0.2, "−100 (red): ignored by cross-entropy. The logits at position t "
-         "are scored against labels[t + 1]: each learned token is predicted from everything "
-         "before it.", ha="left", fontsize=7.5)
+    note(ax, 0, bottom - 0.2, "−100 (red): ignored by cross-entropy. The logits at position "
+         "t are scored against labels[t + 1].", ha="left", fontsize=7.5)
     return fig
 
 
