@@ -114,6 +114,11 @@ def test_lora_diagram_reads_shapes_from_the_layer():
         finetuning.lora(torch.nn.Linear(2, 2))
 
 
+def test_dpo_diagram_draws_both_models_and_the_loss():
+    drawn = texts(finetuning.dpo())
+    assert r"\pi_\theta" in drawn and r"\pi_{ref}" in drawn and r"-\log\sigma" in drawn
+
+
 def test_chat_labels_shows_the_batch_row():
     tokenizer = tiny_lms._tokenizer(chatml=False)
     finetune.use_chat_template(tokenizer)

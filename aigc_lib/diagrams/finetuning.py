@@ -175,3 +175,39 @@ def lora(layer: LoRALinear, name: str = "") -> Figure:
         note(ax, 0.05, height - 0.15, f"layer {name}", ha="left", fontsize=8, mono=True,
              color=EDGE)
     return fig
+
+
+def dpo() -> Figure:
+    r"""Direct preference optimisation as a computation: a prompt with a chosen and a rejected
+    answer, each scored by the trained policy and by the frozen reference; the difference of
+    their log-ratios, times :math:`\beta`, goes through :math:`-\log\sigma` (chapter 8)."""
+    fig, ax = canvas(9.0, 3.1)
+    prompt = box(ax, 0.05, 1.25, 1.0, 0.6, "prompt $x$", kind="data", fontsize=9)
+    chosen = box(ax, 1.4, 2.05, 1.6, 0.55, "chosen $y_w$\n(reference answer)",
+                 kind="learned", fontsize=8)
+    rejected = box(ax, 1.4, 0.5, 1.6, 0.55, "rejected $y_l$\n(the model's own reply)",
+                   kind="frozen", fontsize=8)
+    policy = box(ax, 3.4, 1.65, 1.65, 0.6, r"policy $\pi_\theta$ (trained)", kind="model",
+                 fontsize=8.5)
+    reference = box(ax, 3.4, 0.85, 1.65, 0.6, r"reference $\pi_{ref}$ (frozen)",
+                    kind="frozen", fontsize=8.5)
+    margin = box(ax, 5.55, 0.95, 2.05, 1.2, "$\\beta\\,[\\,\\rho(y_w) - \\rho(y_l)\\,]$\n\n"
+                 "$\\rho(y) = \\log\\pi_\\theta(y\\mid x)$\n$- \\log\\pi_{ref}(y\\mid x)$",
+                 kind="plain", fontsize=8.5)
+    loss = box(ax, 7.95, 1.25, 1.0, 0.6, r"$-\log\sigma(\cdot)$", kind="loss", fontsize=9)
+    arrow(ax, prompt.right, chosen.left)
+    arrow(ax, prompt.right, rejected.left)
+    for answer in (chosen, rejected):
+        for model in (policy, reference):
+            arrow(ax, answer.right, model.left, color=MUTED)
+    arrow(ax, policy.right, (margin.x, 1.95))
+    arrow(ax, reference.right, (margin.x, 1.15))
+    note(ax, 5.3, 2.45, "log-probabilities\nof both answers", fontsize=7.5)
+    arrow(ax, margin.right, loss.left)
+    note(ax, 6.57, 0.75, "the implicit reward margin", fontsize=8)
+    note(ax, 8.45, 1.1, "gradient: only\ninto the policy", fontsize=7.5, color=ACCENT,
+         va="top")
+    note(ax, 4.22, 0.65, "computed once", fontsize=7.5)
+    note(ax, 4.5, 2.95, "no reward model, no sampling during training", fontsize=8,
+         color=EDGE)
+    return fig
