@@ -56,7 +56,8 @@ def test_entries_are_sorted_for_easy_merging():
     firsts = [terms[0] for terms, _ in entries()]
     for before, after in zip(firsts, firsts[1:]):
         assert sort_key(before) < sort_key(after), \
-            f"{after!r} is out of order: it belongs before {before!r} (see sort_key)"
+            f"{before!r} comes before {after!r}, out of alphabetical order (see sort_key): " \
+            f"move the entry that was added to its place"
 
 
 def test_no_term_is_defined_twice():
