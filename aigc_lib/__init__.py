@@ -10,6 +10,7 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``training``    one training engine: ``fit`` (history, clipping, NaN guard, resume, torchrun)
 - ``gan_training`` ``fit_gan``: the GAN's step on the same engine (chapter 4)
 - ``viz``         history plots, image grids, results tables
+- ``diagrams``    the conceptual diagrams (a package: one module per chapter subject), as SVG
 - ``data``        offline datasets with fixed splits
 - ``metrics``     evaluation metrics, calibration, bootstrap intervals
 - ``judge``       the digit classifier that scores generated digits (chapters 3–5)
