@@ -191,3 +191,16 @@ def test_book_cache_is_wiped_when_the_key_changes(tmp_path, monkeypatch):
     bck.HTML.mkdir()
     assert not bck.refresh_html("x") and bck.HTML.exists()
     assert bck.refresh_html(bck.html_key()) and len(bck.html_key()) == 64
+
+
+def test_references_parse_and_every_citation_has_an_entry():
+    """A broken entry (a lost closing brace after a merge) stops the whole bibliography."""
+    import pybtex.database
+
+    entries = pybtex.database.parse_file(str(ROOT / "book" / "references.bib")).entries
+    cited = set()
+    for md in (ROOT / "book").rglob("*.md"):
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", md.read_text()):
+            cited |= {key.strip() for key in group.split(",")}
+    missing = cited - set(entries)
+    assert cited and not missing, f"cited but not in references.bib: {sorted(missing)}"
