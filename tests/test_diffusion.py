@@ -101,6 +101,16 @@ def test_linear_schedule_is_ho_et_al_at_T_1000_and_cosine_follows_its_formula():
     assert abs(cos.betas[-1] - 0.999) < 1e-12
 
 
+def test_cosine_schedule_can_be_set_by_its_first_step_noise():
+    for T, first in ((250, 1 / 16), (1000, 0.01)):
+        s = dm.noise_schedule("cosine", T, first_std=first)
+        assert abs(s.betas[1].sqrt().item() - first) < 1e-9
+    with pytest.raises(ValueError, match="first_std must lie in"):
+        dm.noise_schedule("cosine", 100, first_std=0.9)
+    with pytest.raises(ValueError, match="cosine schedule only"):
+        dm.noise_schedule("linear", 100, first_std=0.01)
+
+
 def test_schedule_rejects_bad_input():
     with pytest.raises(ValueError, match="name"):
         dm.noise_schedule("sigmoid", 10)

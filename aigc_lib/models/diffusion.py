@@ -73,7 +73,7 @@ class NoiseSchedule:
 
 
 def noise_schedule(name: str = "cosine", T: int = 1000, offset: float = 0.008,
-                   max_beta: float = 0.999) -> NoiseSchedule:
+                   max_beta: float = 0.999, first_std: float | None = None) -> NoiseSchedule:
     r"""A noise schedule with ``T`` steps.
 
     - ``"linear"`` (Ho et al. 2020): :math:`\beta_t` rises linearly from :math:`10^{-4}k` to
@@ -83,6 +83,9 @@ def noise_schedule(name: str = "cosine", T: int = 1000, offset: float = 0.008,
       :math:`f(t) = \cos^2\!\big(\tfrac{t/T + s}{1 + s}\cdot\tfrac\pi2\big)`, ``offset``
       :math:`s` keeping the first steps' noise from vanishing, and
       :math:`\beta_t = \min(1 - \bar\alpha_t/\bar\alpha_{t-1},\ \text{max\_beta})`.
+      With ``first_std`` the offset is instead found by bisection so that the first step's
+      noise is :math:`\sqrt{\beta_1}` = ``first_std`` (:math:`\beta_1` grows with :math:`s`);
+      Nichol and Dhariwal set it near the spacing of the pixel values.
     """
     if name not in SCHEDULES:
         raise ValueError(f"name must be one of {SCHEDULES}, got {name!r}")
@@ -91,6 +94,10 @@ def noise_schedule(name: str = "cosine", T: int = 1000, offset: float = 0.008,
     checks.positive_number("max_beta", max_beta)
     if max_beta >= 1:
         raise ValueError(f"max_beta must be < 1, got {max_beta}")
+    if first_std is not None:
+        if name != "cosine":
+            raise ValueError("first_std applies to the cosine schedule only")
+        return _cosine_with_first_std(T, first_std, max_beta)
     if name == "linear":
         scale = 1000 / T
         if 0.02 * scale >= 1:
@@ -103,6 +110,23 @@ def noise_schedule(name: str = "cosine", T: int = 1000, offset: float = 0.008,
         alpha_bar = f / f[0]
         betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
     return NoiseSchedule(name, torch.cat([torch.zeros(1, dtype=torch.float64), betas]))
+
+
+def _cosine_with_first_std(T: int, first_std: float, max_beta: float) -> NoiseSchedule:
+    checks.positive_number("first_std", first_std)
+    low, high = 1e-6, 1e3
+    reachable = [noise_schedule("cosine", T, s, max_beta).betas[1].sqrt().item()
+                 for s in (low, high)]
+    if not reachable[0] < first_std < reachable[1]:
+        raise ValueError(f"first_std must lie in ({reachable[0]:.3g}, {reachable[1]:.3g}) "
+                         f"for T={T}, got {first_std}")
+    for _ in range(100):                      # bisection on a log scale
+        mid = math.sqrt(low * high)
+        if noise_schedule("cosine", T, mid, max_beta).betas[1].sqrt() < first_std:
+            low = mid
+        else:
+            high = mid
+    return noise_schedule("cosine", T, math.sqrt(low * high), max_beta)
 
 
 def _schedule(schedule: object) -> NoiseSchedule:
@@ -681,6 +705,7 @@ class DiffusionModel(nn.Module):
     @torch.no_grad()
     def bound_terms(self, x0: torch.Tensor, bin_width: float, t_samples: int | None = None,
                     labels: torch.Tensor | None = None, variance: str = "posterior",
+                    clip: bool = False, decoder_std: float | None = None,
                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         r"""The variational bound :math:`-\log p_\theta(x_0) \le L_T + \sum_{t=2}^T L_{t-1} + L_0`
         per image, in nats, as ``{"prior": L_T, "diffusion": Σ L_{t-1}, "decoder": L_0}``:
@@ -689,10 +714,16 @@ class DiffusionModel(nn.Module):
         - :math:`L_{t-1} = \mathrm{KL}(q(x_{t-1}\mid x_t, x_0)\,\|\,p_\theta(x_{t-1}\mid x_t))`
           at one draw of :math:`x_t \sim q(x_t\mid x_0)`, with :math:`p_\theta`'s variance
           :math:`\tilde\beta_t` or :math:`\beta_t` (``variance``);
-        - :math:`L_0 = -\log p_\theta(x_0\mid x_1)`, a Gaussian of variance :math:`\beta_1`
-          integrated over each pixel's bin of width ``bin_width``
-          (:func:`aigc_lib.losses.discretized_gaussian_nll`), so the bound is on the probability
-          of the discrete image.
+        - :math:`L_0 = -\log p_\theta(x_0\mid x_1)`, a Gaussian with mean
+          :math:`\hat x_0(x_1)` and standard deviation ``decoder_std`` (default
+          :math:`\sqrt{\beta_1}`, as in Ho et al. 2020) integrated over each pixel's bin of
+          width ``bin_width`` (:func:`aigc_lib.losses.discretized_gaussian_nll`), so the bound
+          is on the probability of the discrete image.
+
+        ``clip`` bounds the model that samples with ``clip=True``: the means of its steps
+        :math:`t \ge 2` are computed from :math:`\hat x_0` clamped to [-1, 1] (the decoder's
+        mean is never clamped: an end level's bin reaches to infinity, and a mean beyond it
+        puts more mass there).
 
         With ``t_samples=None`` every step :math:`2..T` is evaluated; with ``t_samples=k`` the
         sum is estimated, without bias, from one step drawn uniformly in each of ``k`` equal
@@ -703,6 +734,8 @@ class DiffusionModel(nn.Module):
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         _labels_and_guidance(self.net, labels, 1.0, len(x0))
+        if decoder_std is not None:
+            checks.positive_number("decoder_std", decoder_std)
         T, ab = self.schedule.T, self.schedule.alpha_bars
         ab_T = _at(ab, torch.full((len(x0),), T), x0)
         prior = losses.kl_diag_gaussians((ab_T.sqrt() * x0).flatten(1),
@@ -711,30 +744,53 @@ class DiffusionModel(nn.Module):
         diffusion = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
         for low, high in strata:
             t = torch.randint(low, high + 1, (len(x0),), generator=generator).to(x0.device)
-            diffusion += (high - low + 1) * self._kl_term(x0, t, variance, labels, generator)
-        decoder = self._decoder_nll(x0, bin_width, labels, generator)
+            diffusion += (high - low + 1) * self.step_kl(x0, t, variance, labels, clip,
+                                                         generator)
+        if decoder_std is None:
+            decoder_std = self.schedule.betas[1].sqrt().item()
+        decoder = self.decoder_nll(x0, bin_width, decoder_std, labels, generator)
         return {"prior": prior.double(), "diffusion": diffusion, "decoder": decoder}
 
-    def _reverse_mean(self, x0: torch.Tensor, t: torch.Tensor, labels, generator):
+    def _reverse_mean(self, x0: torch.Tensor, t: torch.Tensor, labels, clip, generator):
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         xt = q_sample(self.schedule, x0, t, noise)
         x0_hat = self.predict(xt, t, "x0", labels)
+        if clip:
+            x0_hat = x0_hat.clamp(-1, 1)
         mean_q, var_q = _posterior(self.schedule.alpha_bars, t, t - 1, x0, xt)
         mean_p, _ = _posterior(self.schedule.alpha_bars, t, t - 1, x0_hat, xt)
         return mean_q, var_q, mean_p
 
-    def _kl_term(self, x0, t, variance, labels, generator) -> torch.Tensor:
-        mean_q, var_q, mean_p = self._reverse_mean(x0, t, labels, generator)
+    @torch.no_grad()
+    def step_kl(self, x0: torch.Tensor, t: int | torch.Tensor, variance: str = "posterior",
+                labels: torch.Tensor | None = None, clip: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""One term of the bound per image (nats): :math:`L_{t-1} = \mathrm{KL}(q(x_{t-1}\mid
+        x_t, x_0)\,\|\,p_\theta(x_{t-1}\mid x_t))` at one draw of :math:`x_t`, for ``t`` in
+        :math:`[2, T]` (an int or one step per image); arguments as in :meth:`bound_terms`."""
+        x0 = _batch("x0", x0)
+        t = _steps(t, self.schedule.T, len(x0), low=2).to(x0.device)
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        mean_q, var_q, mean_p = self._reverse_mean(x0, t, labels, clip, generator)
         var_p = _reverse_variance(self.schedule, t.cpu(), variance)
         var_p = var_p.to(x0.device, x0.dtype).view(-1, *([1] * (x0.ndim - 1))).expand_as(x0)
         return losses.kl_diag_gaussians(mean_q.flatten(1), var_q.log().flatten(1),
                                         mean_p.flatten(1), var_p.log().flatten(1)).double()
 
-    def _decoder_nll(self, x0, bin_width, labels, generator) -> torch.Tensor:
+    @torch.no_grad()
+    def decoder_nll(self, x0: torch.Tensor, bin_width: float, decoder_std: float,
+                    labels: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        r""":math:`L_0 = -\log p_\theta(x_0\mid x_1)` per image (nats) at one draw of
+        :math:`x_1 \sim q(x_1\mid x_0)`, for a decoder of standard deviation ``decoder_std``
+        (see :meth:`bound_terms`); a chapter can fit that one number on training images."""
+        x0 = _batch("x0", x0)
+        checks.positive_number("decoder_std", decoder_std)
         t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
-        _, _, mean = self._reverse_mean(x0, t, labels, generator)
-        std = self.schedule.betas[1].sqrt().item() * torch.ones_like(x0)
-        nll = losses.discretized_gaussian_nll(x0, mean, std, bin_width)
+        _, _, mean = self._reverse_mean(x0, t, labels, False, generator)
+        nll = losses.discretized_gaussian_nll(x0, mean, decoder_std * torch.ones_like(x0),
+                                              bin_width)
         return nll.flatten(1).sum(1).double()
 
 
