@@ -459,6 +459,20 @@ def test_ddim_eta_zero_is_deterministic_and_inverts():
     assert errors[0] > 3 * errors[1] > 9 * errors[2]         # first order: error ~ 1 / nfe
 
 
+def test_ddim_inverts_from_an_intermediate_start_with_a_learned_like_network():
+    s = dm.noise_schedule("cosine", 200)
+    net = random_output(dm.MLPDenoiser(3, hidden=16, blocks=1), seed=3).double()
+    for p in net.out[-1].parameters():
+        p.data *= 0.1                               # a smooth, small eps-prediction
+    model = dm.DiffusionModel(net, s)
+    x0 = torch.rand(16, 3, dtype=f64, generator=gen(2)) * 2 - 1
+    errors = [(model.sample_ddim(model.invert_ddim(x0, n, start=150), n, start=150) - x0)
+              .abs().max().item() for n in (15, 150)]
+    assert errors[1] < errors[0] and errors[1] < 0.02
+    with pytest.raises(ValueError, match=r"start must be a step in \[1, 200\]"):
+        model.invert_ddim(x0, 5, start=201)
+
+
 def test_ddim_eta_one_is_the_ancestral_sampler_with_posterior_variance():
     s = dm.noise_schedule("linear", 100)
     net = random_output(dm.MLPDenoiser(3, hidden=16, blocks=1)).double()
@@ -491,6 +505,16 @@ def test_trajectory_records_every_step():
     assert path.t == (20.0, 15.0, 11.0, 6.0, 1.0, 0.0)
     assert path.x.shape == (6, 4, 2) and path.x0.shape == (5, 4, 2)
     assert torch.equal(path.x[-1], x)
+
+
+def test_samplers_do_not_build_a_graph():
+    s = dm.noise_schedule("cosine", 20)
+    model = dm.DiffusionModel(dm.MLPDenoiser(2, hidden=8), s)
+    flow = dm.FlowModel(dm.MLPDenoiser(2, hidden=8))
+    noise = torch.randn(3, 2)
+    outputs = [model.sample_ddpm(noise, 4), model.sample_ddim(noise, 4),
+               model.invert_ddim(noise, 4), flow.sample(noise, 4, "heun")]
+    assert not any(out.requires_grad for out in outputs)
 
 
 def test_samplers_reject_bad_input():
@@ -564,6 +588,25 @@ def test_bound_of_a_perfect_model_of_one_image_is_nearly_zero():
     expected_prior = losses.kl_diag_gaussians(
         (s.alpha_bars[-1].sqrt() * image), (1 - s.alpha_bars[-1]).log().expand(1, 16))
     torch.testing.assert_close(terms["prior"][0], expected_prior[0])
+    assert model.step_kl(image, 50).abs().max() < 1e-9
+    with pytest.raises(ValueError, match=r"t must lie in \[2, 100\]"):
+        model.step_kl(image, 1)
+
+
+def test_step_kl_is_the_weighted_noise_error_of_the_model():
+    """With p's variance the posterior one, L_{t-1} = lambda_t ||eps - eps_hat||^2 for the
+    noise draw the method makes (replayed here with the same generator)."""
+    s = dm.noise_schedule("cosine", 60)
+    net = random_output(dm.MLPDenoiser(5, hidden=16, blocks=1)).double()
+    model = dm.DiffusionModel(net, s)
+    x0 = torch.rand(7, 5, dtype=f64, generator=gen()) * 2 - 1
+    t = torch.tensor([2, 5, 9, 20, 33, 47, 60])
+    kl = model.step_kl(x0, t, generator=gen(4))
+    eps = torch.randn(x0.shape, generator=gen(4), dtype=f64)
+    xt = dm.q_sample(s, x0, t, eps)
+    eps_hat = model.predict(xt, t, "eps")
+    expected = dm.elbo_weight(s, t, 7) * ((eps - eps_hat) ** 2).sum(1)
+    torch.testing.assert_close(kl, expected, rtol=1e-8, atol=1e-10)
 
 
 def test_stratified_bound_estimates_the_full_sum_without_bias():

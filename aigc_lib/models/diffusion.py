@@ -381,7 +381,36 @@ class _ResidualBlock(nn.Module):
         return h + self.outer(nn.functional.silu(inner))
 
 
-class MLPDenoiser(nn.Module):
+class _Denoiser(nn.Module):
+    """What the two denoisers share: the conditioning ``cond``, an input layer ``inp``,
+    conditioned ``blocks`` and an output ``out`` whose last layer starts at zero (so training
+    starts from the prediction 0). Subclasses say how flat data enter and leave."""
+
+    data_dim: int
+
+    def _zero_output(self) -> None:
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def _shape_in(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _shape_out(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        checks.tensor("x", x, floating=True, ndim=2, finite=False)
+        if x.shape[1] != self.data_dim:
+            raise ValueError(f"x must have shape (B, {self.data_dim}), got {tuple(x.shape)}")
+        emb = self.cond(time, labels, len(x))
+        h = self.inp(self._shape_in(x))
+        for block in self.blocks:
+            h = block(h, emb)
+        return self._shape_out(self.out(h))
+
+
+class MLPDenoiser(_Denoiser):
     r"""A time- (and optionally class-) conditioned MLP for flat data ``(B, data_dim)``: an
     input layer, ``blocks`` residual blocks of width ``hidden`` modulated by the conditioning,
     and an output layer (initialised to zero, so training starts from the prediction 0).
@@ -397,19 +426,7 @@ class MLPDenoiser(nn.Module):
         self.inp = nn.Linear(data_dim, hidden)
         self.blocks = nn.ModuleList(_ResidualBlock(hidden) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, data_dim))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
-
-    def forward(self, x: torch.Tensor, time: torch.Tensor,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        checks.tensor("x", x, floating=True, ndim=2, finite=False)
-        if x.shape[1] != self.data_dim:
-            raise ValueError(f"x must have shape (B, {self.data_dim}), got {tuple(x.shape)}")
-        emb = self.cond(time, labels, len(x))
-        h = self.inp(x)
-        for block in self.blocks:
-            h = block(h, emb)
-        return self.out(h)
+        self._zero_output()
 
 
 class _ConvBlock(nn.Module):
@@ -430,7 +447,7 @@ class _ConvBlock(nn.Module):
         return h + self.conv2(nn.functional.silu(inner))
 
 
-class ConvDenoiser(nn.Module):
+class ConvDenoiser(_Denoiser):
     r"""The same interface as :class:`MLPDenoiser` for flat square one-channel images
     ``(B, side²)``: a 3×3 convolution to ``channels`` channels, ``blocks`` residual
     convolution blocks at full resolution (an 8×8 digit has nothing to gain from a U-Net's
@@ -450,19 +467,13 @@ class ConvDenoiser(nn.Module):
         self.blocks = nn.ModuleList(_ConvBlock(channels, width) for _ in range(blocks))
         self.out = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(),
                                  nn.Conv2d(channels, 1, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self._zero_output()
 
-    def forward(self, x: torch.Tensor, time: torch.Tensor,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        checks.tensor("x", x, floating=True, ndim=2, finite=False)
-        if x.shape[1] != self.data_dim:
-            raise ValueError(f"x must have shape (B, {self.data_dim}), got {tuple(x.shape)}")
-        emb = self.cond(time, labels, len(x))
-        h = self.inp(x.view(-1, 1, self.side, self.side))
-        for block in self.blocks:
-            h = block(h, emb)
-        return self.out(h).flatten(1)
+    def _shape_in(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(-1, 1, self.side, self.side)
+
+    def _shape_out(self, y: torch.Tensor) -> torch.Tensor:
+        return y.flatten(1)
 
 
 def _network(net: object) -> nn.Module:
@@ -530,7 +541,8 @@ class Trajectory:
 def sampling_steps(T: int, nfe: int) -> list[int]:
     r"""The ``nfe`` steps a sampler visits, evenly spaced from :math:`T` down to 1, followed by
     0 (the data): :math:`\tau_i = \lfloor 1 + (T-1)\frac{i-1}{n-1} + \tfrac12\rfloor`
-    (:math:`\tau_n = T`); ``nfe=1`` jumps from :math:`T` straight to 0."""
+    (:math:`\tau_n = T`); ``nfe=1`` jumps from :math:`T` straight to 0. A sampler that starts
+    part-way (``start < T``) passes its start as ``T``."""
     checks.positive_number("T", T, integer=True)
     checks.positive_number("nfe", nfe, integer=True)
     if nfe > T:
@@ -606,13 +618,21 @@ class DiffusionModel(nn.Module):
             return x0, (xt - a * x0) / sigma
         return x0, _convert(output, self.parameterisation, "eps", xt, a, sigma)
 
+    def _start(self, start: int | None) -> int:
+        if start is None:
+            return self.schedule.T
+        checks.positive_number("start", start, integer=True)
+        if start > self.schedule.T:
+            raise ValueError(f"start must be a step in [1, {self.schedule.T}], got {start}")
+        return start
+
     @torch.no_grad()
     def _run(self, noise: torch.Tensor, nfe: int, step, labels: torch.Tensor | None,
-             guidance: float, clip: bool, return_path: bool):
+             guidance: float, clip: bool, return_path: bool, start: int | None = None):
         noise = _batch("noise", noise)
         _labels_and_guidance(self.net, labels, guidance, len(noise))
         checks.tensor("noise", noise, floating=True)
-        steps = sampling_steps(self.schedule.T, nfe)
+        steps = sampling_steps(self._start(start), nfe)
         x, states, preds = noise, [noise], []
         for t, s in zip(steps[:-1], steps[1:]):
             x0, eps = self._denoise(x, t, labels, guidance, clip)
@@ -627,7 +647,8 @@ class DiffusionModel(nn.Module):
 
     def sample_ddpm(self, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None,
                     guidance: float = 1.0, variance: str = "beta", clip: bool = False,
-                    generator: torch.Generator | None = None, return_path: bool = False):
+                    generator: torch.Generator | None = None, return_path: bool = False,
+                    start: int | None = None):
         r"""Ancestral sampling (Ho et al. 2020) from :math:`x_T` = ``noise``, with ``nfe`` steps
         :math:`\tau_n > \dots > \tau_1 > \tau_0 = 0` (:func:`sampling_steps`; ``nfe = T`` is the
         full chain, fewer steps respace it as Nichol and Dhariwal 2021 do): each step draws
@@ -635,7 +656,8 @@ class DiffusionModel(nn.Module):
         mean of :func:`q_posterior` between :math:`t` and :math:`s`, and :math:`\sigma^2` the
         step's :math:`\beta = 1 - \bar\alpha_t/\bar\alpha_s` (``"beta"``) or its posterior
         variance :math:`\tilde\beta` (``"posterior"``); the last step adds no noise. ``clip``
-        clamps :math:`\hat x_0` to [-1, 1]. Batched over the rows of ``noise``."""
+        clamps :math:`\hat x_0` to [-1, 1]. Batched over the rows of ``noise``. ``start``
+        (default :math:`T`) begins part-way, with ``noise`` taken as :math:`x_{\text{start}}`."""
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         ab = self.schedule.alpha_bars
@@ -650,12 +672,12 @@ class DiffusionModel(nn.Module):
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             return mean + var.sqrt() * z
 
-        return self._run(noise, nfe, step, labels, guidance, clip, return_path)
+        return self._run(noise, nfe, step, labels, guidance, clip, return_path, start)
 
     def sample_ddim(self, noise: torch.Tensor, nfe: int, eta: float = 0.0,
                     labels: torch.Tensor | None = None, guidance: float = 1.0,
                     clip: bool = False, generator: torch.Generator | None = None,
-                    return_path: bool = False):
+                    return_path: bool = False, start: int | None = None):
         r"""DDIM (Song, Meng and Ermon 2021) from :math:`x_T` = ``noise`` in ``nfe`` steps:
 
         .. math:: x_s = \sqrt{\bar\alpha_s}\,\hat x_0 + \sqrt{1 - \bar\alpha_s - \sigma^2}\,
@@ -663,7 +685,7 @@ class DiffusionModel(nn.Module):
 
         deterministic for :math:`\eta = 0` (a discretisation of the probability-flow ODE) and
         equal, step by step, to :meth:`sample_ddpm` with ``variance="posterior"`` for
-        :math:`\eta = 1`."""
+        :math:`\eta = 1`. ``start`` as in :meth:`sample_ddpm`."""
         checks.positive_number("eta", eta, allow_zero=True)
         ab = self.schedule.alpha_bars
 
@@ -676,11 +698,11 @@ class DiffusionModel(nn.Module):
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             return x_next + var.to(x.dtype).sqrt() * z
 
-        return self._run(noise, nfe, step, labels, guidance, clip, return_path)
+        return self._run(noise, nfe, step, labels, guidance, clip, return_path, start)
 
     @torch.no_grad()
     def invert_ddim(self, x0: torch.Tensor, nfe: int, labels: torch.Tensor | None = None,
-                    guidance: float = 1.0) -> torch.Tensor:
+                    guidance: float = 1.0, start: int | None = None) -> torch.Tensor:
         r"""Encode data into noise by running deterministic DDIM backwards: from a step
         :math:`s` to the next one up, :math:`t`,
 
@@ -691,10 +713,13 @@ class DiffusionModel(nn.Module):
         the DDIM step solved for the later state, with the noise predicted at :math:`x_s`
         instead of the unknown :math:`x_t` (the ODE's velocity barely changes over one small
         step). ``sample_ddim(invert_ddim(x0, n), n)`` returns about ``x0``; the error shrinks as
-        ``nfe`` grows."""
+        ``nfe`` grows. With ``start`` the code is :math:`x_{\text{start}}` instead of
+        :math:`x_T`: at the last steps of a schedule whose :math:`\bar\alpha_T` is nearly 0
+        an :math:`\varepsilon`-model's :math:`\hat x_0 = (x_t - \sigma\hat\varepsilon)/
+        \sqrt{\bar\alpha_t}` multiplies every error by :math:`1/\sqrt{\bar\alpha_t}`."""
         x = _batch("x0", x0)
         _labels_and_guidance(self.net, labels, guidance, len(x))
-        steps = sampling_steps(self.schedule.T, nfe)[::-1]
+        steps = sampling_steps(self._start(start), nfe)[::-1]
         ab = self.schedule.alpha_bars.to(x.dtype)
         for s, t in zip(steps[:-1], steps[1:]):
             _, eps = self._denoise(x, t, labels, guidance, clip=False)
