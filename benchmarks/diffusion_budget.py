@@ -13,7 +13,7 @@ prints one line per run and the best rate of each family:
     ...
     best: diffusion 0.01, flow ..., vae ..., gan ...
 
-Usage: python benchmarks/diffusion_budget.py [--budget-steps 500] [--threads 1]
+Usage: python benchmarks/diffusion_budget.py [--budget-steps 400] [--threads 1]
        [--families diffusion flow vae gan]
 
 The chapter uses the rates this prints (on the cpu profile's budget); rerun it when the budget
@@ -32,7 +32,7 @@ from aigc_lib.models.vae import VAE, VAEConfig
 from aigc_lib.training import fit, fit_gan
 
 RATES = {"diffusion": (1e-2, 2e-2, 4e-2, 8e-2), "flow": (5e-3, 1e-2, 2e-2, 4e-2),
-         "vae": (5e-3, 1e-2, 2e-2, 4e-2), "gan": (5e-4, 1e-3, 2e-3)}
+         "vae": (5e-3, 1e-2, 2e-2, 4e-2), "gan": (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)}
 BATCH = 128
 
 
@@ -84,7 +84,7 @@ def train(family, lr, steps, x01, schedule):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-steps", type=int, default=500)
+    parser.add_argument("--budget-steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--families", nargs="+", default=list(RATES), choices=list(RATES))
     args = parser.parse_args()
