@@ -407,3 +407,94 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     except RuntimeError as err:
         raise ValueError("real_logits must be computed from real (no gradient path)") from err
     return grad.flatten(1).square().sum(1).mean() if real.ndim > 1 else grad.square().mean()
+
+
+# --- Chapter 5: diffusion and flow matching ----------------------------------------------------
+
+def _squared_error_per_example(name: str, prediction: torch.Tensor,
+                               target: torch.Tensor) -> torch.Tensor:
+    checks.tensor(name, prediction, floating=True, finite=False)
+    checks.tensor("target", target, floating=True, finite=False)
+    checks.same_shape(name, prediction, "target", target)
+    if prediction.ndim < 2:
+        raise ValueError(f"{name} must have shape (B, ...), got {tuple(prediction.shape)}")
+    return (prediction - target).square().flatten(1).sum(1)
+
+
+def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The denoising loss of a diffusion model (chapter 5): the squared error of the network's
+    output, summed over each example's dimensions and averaged over the batch,
+
+    .. math:: L = \frac1B\sum_b w_b\,\lVert \hat y_b - y_b\rVert_2^2 ,
+
+    where :math:`y` is the model's target (:math:`\varepsilon`, :math:`x_0` or :math:`v`). With
+    :math:`w_b = 1` and :math:`y = \varepsilon` it is the "simple" loss of Ho et al. 2020 (their
+    mean over pixels is this divided by :math:`D`); with :math:`w_b = \lambda_{t_b}` of
+    :func:`aigc_lib.models.diffusion.elbo_weight` it is the ELBO term :math:`L_{t-1}` in nats.
+    ``prediction`` and ``target`` are ``(B, ...)``; ``weights`` is ``(B,)``."""
+    per_example = _squared_error_per_example("prediction", prediction, target)
+    if weights is not None:
+        checks.tensor("weights", weights, floating=True, ndim=1, finite=False)
+        if len(weights) != len(per_example):
+            raise ValueError(f"weights must have shape ({len(per_example)},), got "
+                             f"{tuple(weights.shape)}")
+        per_example = per_example * weights.to(per_example.dtype)
+    return per_example.mean()
+
+
+def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor,
+                       noise: torch.Tensor) -> torch.Tensor:
+    r"""The (conditional) flow-matching loss on the straight path
+    :math:`x_s = (1-s)\,x_0 + s\,\varepsilon` (chapter 5; Lipman et al. 2023, Liu et al. 2023):
+
+    .. math:: L = \frac1B\sum_b \big\lVert \hat v_b - (\varepsilon_b - x_{0,b})\big\rVert_2^2,
+
+    the squared error of the predicted velocity against the path's velocity
+    :math:`dx_s/ds = \varepsilon - x_0`, summed over dimensions and averaged over the batch. Its
+    minimiser over functions is :math:`\hat v(x, s) = \mathbb E[\varepsilon - x_0 \mid x_s = x]`.
+    All three tensors are ``(B, ...)`` of one shape."""
+    checks.tensor("x0", x0, floating=True, finite=False)
+    checks.tensor("noise", noise, floating=True, finite=False)
+    checks.same_shape("x0", x0, "noise", noise)
+    return _squared_error_per_example("velocity", velocity, noise - x0).mean()
+
+
+def _log_normal_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log(\Phi(b) - \Phi(a))` for :math:`a < b` (either may be infinite), computed in
+    the tail where it is accurate: on the left of 0 with log-CDFs, on the right by symmetry."""
+    flip = a > 0
+    a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+    return log_b + torch.log(-torch.expm1((log_a - log_b).clamp(max=-1e-30)))
+
+
+def discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                             bin_width: float, low: float = -1.0,
+                             high: float = 1.0) -> torch.Tensor:
+    r"""Negative log-probability, element by element, of discrete values :math:`x` on a grid of
+    spacing ``bin_width`` from ``low`` to ``high``, under a Gaussian
+    :math:`\mathcal N(\mu, \sigma^2)` integrated over each value's bin (the decoder of Ho et al.
+    2020, chapter 5):
+
+    .. math:: -\log P(x) = -\log\Big[\Phi\Big(\frac{x + h - \mu}{\sigma}\Big)
+              - \Phi\Big(\frac{x - h - \mu}{\sigma}\Big)\Big], \qquad h = \tfrac12\,\text{bin\_width},
+
+    with the first bin extended to :math:`-\infty` and the last to :math:`+\infty`, so the
+    probabilities of the grid's values sum to one. Computed from log-CDFs, so it stays finite
+    far in the tails. ``x``, ``mean`` and ``std`` share one shape; returns that shape (nats)."""
+    checks.tensor("x", x, floating=True)
+    checks.tensor("mean", mean, floating=True, finite=False)
+    checks.tensor("std", std, floating=True, finite=False)
+    checks.same_shape("x", x, "mean", mean)
+    checks.same_shape("x", x, "std", std)
+    checks.positive("std", std)
+    checks.positive_number("bin_width", bin_width)
+    if not high > low:
+        raise ValueError(f"high must be > low, got low={low}, high={high}")
+    half = bin_width / 2
+    if bool(((x < low - 1e-6) | (x > high + 1e-6)).any()):
+        raise ValueError(f"x must lie in [low, high] = [{low}, {high}]")
+    upper = torch.where(x > high - half, torch.full_like(x, math.inf), (x + half - mean) / std)
+    lower = torch.where(x < low + half, torch.full_like(x, -math.inf), (x - half - mean) / std)
+    return -_log_normal_mass(lower, upper)

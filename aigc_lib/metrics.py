@@ -579,3 +579,32 @@ def semantic_similarity(hypotheses: list[str], references: list, embed) -> torch
         out.append(best if hypotheses[h].strip() else best.new_zeros(()))
         start += len(rs)
     return torch.stack(out)
+# --- Chapter 5: the independent-pixel baseline for grey levels -----------------------------------
+
+def independent_categorical_nll(train: torch.Tensor, test: torch.Tensor, levels: int,
+                                pseudocount: float = 1.0) -> torch.Tensor:
+    r"""Per-image NLL (nats) of ``test`` under independent categorical pixels fitted to
+    ``train`` (the baseline of chapter 5 for images with ``levels`` grey levels).
+
+    Pixel :math:`i` takes level :math:`k` with probability
+    :math:`\hat p_{ik} = (n_{ik} + a)/(N + K a)`, where :math:`n_{ik}` counts the training
+    images with that level there, :math:`K` = ``levels`` and :math:`a` = ``pseudocount``
+    (:math:`a = 0` is the maximum-likelihood fit, infinite on a level never seen in training);
+    an image scores :math:`-\sum_i \log \hat p_{i, x_i}`. ``train`` ``(N, D)`` and ``test``
+    ``(M, D)`` hold integer levels in :math:`[0, K)`."""
+    checks.positive_number("levels", levels, integer=True)
+    checks.positive_number("pseudocount", pseudocount, allow_zero=True)
+    for name, value in (("train", train), ("test", test)):
+        checks.tensor(name, value, ndim=2)
+        if value.is_floating_point() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer levels, got dtype {value.dtype}")
+        if bool(((value < 0) | (value >= levels)).any()):
+            raise ValueError(f"{name} must hold levels in [0, {levels}), got values in "
+                             f"[{int(value.min())}, {int(value.max())}]")
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(f"train and test must have the same number of pixels, got "
+                         f"{train.shape[1]} and {test.shape[1]}")
+    counts = F.one_hot(train.long(), levels).sum(0).double()          # (D, K)
+    p = (counts + pseudocount) / (len(train) + levels * pseudocount)
+    picked = p.gather(1, test.long().T)                               # (D, M)
+    return -torch.log(picked).sum(0)
