@@ -102,6 +102,13 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         checks.tensor("mask", mask)
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a boolean tensor (True = may attend), got {mask.dtype}")
+        try:
+            fits = torch.broadcast_shapes(mask.shape, scores.shape) == scores.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"mask must broadcast to the scores' shape (..., T_q, T_k) = "
+                             f"{tuple(scores.shape)}, got shape {tuple(mask.shape)}")
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = softmax(scores, dim=-1)
     if dropout_p > 0:

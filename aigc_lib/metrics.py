@@ -22,6 +22,16 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     if len(logits) != len(targets):
         raise ValueError(f"logits and targets must have the same length, got {len(logits)} and "
                          f"{len(targets)}")
+    classes = logits.shape[1]
+    if classes < 2:
+        raise ValueError(f"logits must have one column per class and at least 2 classes, got "
+                         f"shape {tuple(logits.shape)} (for one logit per row, compare "
+                         f"(logits[:, 0] > 0) with the 0/1 targets)")
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer class indices, got dtype {targets.dtype}")
+    if len(targets) and not bool(((targets >= 0) & (targets < classes)).all()):
+        raise ValueError(f"targets must be class indices in [0, {classes}), got values in "
+                         f"[{targets.min().item()}, {targets.max().item()}]")
     return (logits.argmax(dim=1) == targets).float().mean().item()
 
 

@@ -35,6 +35,15 @@ def test_accuracy():
         metrics.accuracy(logits, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="logits must have 2 dimensions"):
         metrics.accuracy(logits[0], torch.tensor([0]))
+    # issue 12 §5: one column and out-of-range targets used to give silent wrong answers
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        metrics.accuracy(logits[:, :1], torch.tensor([0, 0, 0]))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\)"):
+        metrics.accuracy(logits, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\)"):
+        metrics.accuracy(logits, torch.tensor([0, -1, 1]))
+    with pytest.raises(TypeError, match="targets must hold integer"):
+        metrics.accuracy(logits, torch.tensor([0.0, 1.0, 1.0]))
 
 
 def test_warmup_cosine_shape():

@@ -171,6 +171,11 @@ class GPT(nn.Module):
         checks.tensor("idx", idx, ndim=2)
         if idx.dtype != torch.long:
             raise TypeError(f"idx must hold int64 token ids, got dtype {idx.dtype}")
+        vocab = self.config.vocab_size
+        outside = (idx < 0) | (idx >= vocab)
+        if bool(outside.any()):
+            raise ValueError(f"idx must hold token ids in [0, {vocab}) (the model's vocab_size), "
+                             f"got {sorted(set(idx[outside].tolist()))[:8]}")
         B, T = idx.shape
         past = 0
         if cache is not None:
