@@ -46,7 +46,7 @@ def all_figures(tokenizer) -> list[Figure]:
             attention.transformer_block(CONFIG, 8), pretraining.bpe_merges(tokenizer, " the"),
             pretraining.bits_per_byte_scale({"x": 2.0}),
             router.pipeline(bert_config(), ["a", "b"], "hello", 16),
-            router.adversarial_loop(["typos"], 1), router.continual(["a"], ["b"], 2, 1.0),
+            router.adversarial_step(0.1), router.continual([["a"], ["b"]], 2, 1.0),
             token_costs.kv_cache(CONFIG, 8), token_costs.request_cost(0.1, costs.CPU_VM),
             verdict.decision_flow({"ch": [c]}), verdict.verdict_questions()]
 
@@ -184,16 +184,18 @@ def test_router_pipeline_counts_what_lora_trains():
         router.pipeline({"hidden_size": 3}, ["a", "b"], "x", 8)
 
 
-def test_production_loops_show_their_settings():
-    drawn = texts(router.adversarial_loop(["typos", "synonyms"], 3))
-    assert "typos" in drawn and "synonyms" in drawn and "3 rounds" in drawn
-    drawn = texts(router.continual(["a", "b"], ["c"], 5, 250.0))
-    assert "2 old classes" in drawn and "1 new classes" in drawn
-    assert "5 old messages per class" in drawn and "λ = 250" in drawn
+def test_production_diagrams_show_their_settings():
+    drawn = texts(router.adversarial_step(0.2, weight=0.5))
+    assert "ε = 0.2 of ‖E‖, 1 step (FGM)" in drawn and "w = 0.5" in drawn
+    assert "3 steps (PGD)" in texts(router.adversarial_step(0.1, steps=3))
+    drawn = texts(router.continual([("a", "b"), ("c",), ("d", "e")], 5, 1e5))
+    assert "stage 3\n+ d, e" in drawn and "answers among 5" in drawn
+    assert "answers among 3" in drawn and "answers among 2" in drawn
+    assert "5 old messages per old intent" in drawn and "λ = 100000" in drawn
     with pytest.raises(ValueError, match="disjoint"):
-        router.continual(["a"], ["a"], 1, 1.0)
-    with pytest.raises(ValueError, match="rounds"):
-        router.adversarial_loop(["typos"], 0)
+        router.continual([("a",), ("a",)], 1, 1.0)
+    with pytest.raises(ValueError, match="weight"):
+        router.adversarial_step(0.1, weight=2.0)
 
 
 def test_kv_cache_diagram_totals_kv_cache_bytes():

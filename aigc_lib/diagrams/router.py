@@ -1,7 +1,7 @@
 """Diagrams of chapters 9 and 10: the router as a pipeline (text → tokens → encoder → pooled
-vector → head → class) with where LoRA sits, and, for the router in production, the
-attack-and-retrain loop of adversarial training and continual learning with old and new
-classes (replay and EWC)."""
+vector → head → class) with where LoRA sits, and, for the router in production, one step of
+adversarial training on the word vectors and continual learning in stages of new intents
+(rehearsal and EWC)."""
 
 from __future__ import annotations
 
@@ -69,78 +69,95 @@ def pipeline(encoder_config, labels: Sequence[str], text: str, max_length: int,
     return fig
 
 
-def adversarial_loop(attacks: Sequence[str], rounds: int) -> Figure:
-    r"""Adversarial training as a loop run ``rounds`` times: the ``attacks`` (perturbations that
-    keep a message's meaning, such as typos or paraphrases) rewrite training messages, the
-    current router is run on them, the ones it gets wrong are kept with their *original*
-    labels and added to the training set, and the router is retrained; the clean test set and
-    a held-out attacked test set measure the result (chapter 10)."""
-    attacks = list(attacks)
-    if not attacks or not all(isinstance(a, str) and a for a in attacks):
-        raise ValueError("attacks must be a non-empty list of attack names")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
-    fig, ax = canvas(9.0, 3.4)
-    train = box(ax, 0.05, 1.35, 1.45, 0.8, "training\nmessages\n+ labels", kind="data",
-                fontsize=8)
-    attack = box(ax, 1.9, 1.25, 1.7, 1.0, "attack\n" + "\n".join(attacks[:4]), kind="noise",
-                 fontsize=7.5)
-    router = box(ax, 4.0, 1.35, 1.3, 0.8, "current\nrouter", kind="model", fontsize=8.5)
-    wrong = box(ax, 5.7, 1.35, 1.5, 0.8, "keep what it\ngets wrong,\nwith true labels",
-                kind="loss", fontsize=7.5)
-    retrain = box(ax, 7.6, 1.35, 1.3, 0.8, "retrain on\nclean +\nadversarial", kind="model",
-                  fontsize=7.5)
-    for a, b in ((train, attack), (attack, router), (router, wrong), (wrong, retrain)):
-        arrow(ax, a.right, b.left)
-    arrow(ax, retrain.top, router.top, bend=0.35, color=ACCENT)
-    note(ax, 6.1, 3.05, f"repeat: {rounds} round{'s' if rounds > 1 else ''}",
-         color=ACCENT, fontsize=8.5)
-    test = box(ax, 3.3, 0.1, 3.3, 0.55, "measure: clean test set  and  attacked test set\n"
-               "(attacks applied to held-out messages only)", kind="learned", fontsize=7.5)
-    arrow(ax, retrain.bottom, (test.x + test.w, test.center[1]), bend=-0.3)
-    note(ax, 1.7, 0.35, "the attack changes the wording,\nnot the meaning: the label stays",
-         fontsize=7.5, color=EDGE)
+def adversarial_step(epsilon: float, weight: float = 0.5, steps: int = 1) -> Figure:
+    r"""One step of adversarial training on the word vectors, as chapter 10 trains the router
+    (Miyato et al.'s fast-gradient method): the batch's word vectors :math:`E` give the clean
+    loss :math:`\ell(E, y)`; its gradient :math:`g = \nabla_E \ell` gives the perturbation
+    :math:`r = \epsilon\, g/\lVert g\rVert` (``epsilon``, recomputed for every batch against
+    the current model, ``steps`` > 1 for PGD, held constant for the update); the loss
+    :math:`(1-w)\,\ell(E, y) + w\,\ell(E + r, y)` (``weight`` :math:`w`) updates the weights.
+    The label stays: the perturbation is meant not to change the meaning (chapter 10)."""
+    for name, value, low, high in (("epsilon", epsilon, 0, None), ("weight", weight, 0, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
+                or (high is not None and value > high):
+            raise ValueError(f"{name} must be a number in [{low}, {high or '∞'}), got {value!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    fig, ax = canvas(9.2, 3.3)
+    batch = box(ax, 0.05, 1.3, 1.35, 0.8, "batch: word\nvectors $E$,\nlabels $y$",
+                kind="data", fontsize=8)
+    clean = box(ax, 1.8, 2.1, 1.6, 0.7, r"router: $\ell(E, y)$", kind="model", fontsize=8.5)
+    grad = box(ax, 3.8, 2.1, 2.0, 0.7, r"$g = \nabla_E\,\ell(E, y)$" "\n(through the "
+               "frozen layers)", kind="plain", fontsize=8)
+    method = "1 step (FGM)" if steps == 1 else f"{steps} steps (PGD)"
+    pert = box(ax, 3.8, 0.55, 2.0, 0.8, f"$r = \\epsilon\\, g / \\Vert g\\Vert$\n"
+               f"ε = {epsilon:g} of ‖E‖, {method}", kind="noise", fontsize=8)
+    adv = box(ax, 1.8, 0.6, 1.6, 0.7, r"router: $\ell(E + r, y)$", kind="model",
+              fontsize=8.5)
+    loss = box(ax, 6.3, 1.3, 2.85, 0.8, f"$(1 - w)\\,\\ell(E, y) + w\\,\\ell(E + r, y)$"
+               f"\nw = {weight:g}: update θ", kind="loss", fontsize=8)
+    arrow(ax, (batch.x + batch.w, 1.9), clean.left)
+    arrow(ax, (batch.x + batch.w, 1.5), adv.left)
+    arrow(ax, clean.right, grad.left)
+    arrow(ax, grad.bottom, pert.top)
+    arrow(ax, pert.left, adv.right)
+    ax.plot([clean.center[0]] * 2 + [loss.x + 0.5], [clean.y + clean.h, 3.1, 3.1], color=EDGE,
+            lw=1)
+    arrow(ax, (loss.x + 0.5, 3.1), (loss.x + 0.5, loss.y + loss.h))
+    arrow(ax, (adv.center[0], adv.y), (loss.x + 0.5, loss.y), bend=0.25)
+    note(ax, 9.15, 2.6, "r is held constant for the update;\nthe label y is kept: the "
+         "push\nshould not change the meaning", fontsize=7.5, color=ACCENT, ha="right")
+    note(ax, 7.6, 0.65, "cost: a gradient with respect to E\nand a second forward pass "
+         "per step", fontsize=7.5, color=EDGE)
     return fig
 
 
-def continual(old: Sequence[str], new: Sequence[str], replay_per_class: int,
+def continual(stages: Sequence[Sequence[str]], replay_per_class: int,
               ewc_lambda: float) -> Figure:
-    r"""Continual learning: a router trained on the ``old`` classes must learn the ``new`` ones.
-    Trained on the new messages alone it forgets the old classes; three remedies in one
-    picture: *replay* keeps ``replay_per_class`` old messages per class in the new training
-    set, *EWC* adds :math:`\frac{\lambda}{2}\sum_i F_i(\theta_i - \theta_i^{old})^2`
-    (``ewc_lambda``) so that weights important for the old classes (large Fisher information
-    :math:`F_i`) stay put; the joint model trained on everything is the upper reference
-    (chapter 10)."""
-    old, new = list(old), list(new)
-    if not old or not new or set(old) & set(new):
-        raise ValueError("old and new must be non-empty, disjoint lists of class names")
+    r"""Continual learning as chapter 10 stages it: the router launches knowing the intents of
+    ``stages[0]`` and learns each later batch of intents in turn, always answering among the
+    intents seen so far. Trained on each new batch alone (*sequential*) it forgets the old
+    ones; *rehearsal* keeps a replay buffer of ``replay_per_class`` old messages per old
+    intent; *EWC* adds :math:`\frac{\lambda}{2}\sum_i F_i(\theta_i - \theta^*_i)^2`
+    (``ewc_lambda``), stiff along the weights the old answers depend on (large Fisher
+    information :math:`F_i`); *joint* training on all batches at once is the reference no
+    continual method should beat (chapter 10)."""
+    stages = [list(stage) for stage in stages]
+    names = [n for stage in stages for n in stage]
+    if len(stages) < 2 or not all(stages) or len(set(names)) != len(names) \
+            or not all(isinstance(n, str) for n in names):
+        raise ValueError("stages must be >= 2 non-empty, disjoint lists of intent names")
     if isinstance(replay_per_class, bool) or not isinstance(replay_per_class, int) \
             or replay_per_class < 0:
         raise ValueError(f"replay_per_class must be an int >= 0, got {replay_per_class!r}")
-    if not isinstance(ewc_lambda, (int, float)) or ewc_lambda < 0:
+    if isinstance(ewc_lambda, bool) or not isinstance(ewc_lambda, (int, float)) \
+            or ewc_lambda < 0:
         raise ValueError(f"ewc_lambda must be a number >= 0, got {ewc_lambda!r}")
-    fig, ax = canvas(9.2, 3.6)
-    names = lambda xs: "\n".join(xs if len(xs) <= 4 else xs[:3] + [f"… {len(xs) - 3} more"])  # noqa: E731,E501
-    phase1 = box(ax, 0.05, 1.4, 1.6, 1.3, f"phase 1: {len(old)} old classes\n" + names(old),
-                 kind="data", fontsize=7.5)
-    model1 = box(ax, 2.0, 1.75, 1.1, 0.6, r"router $\theta^{old}$", kind="model",
-                 fontsize=8)
-    phase2 = box(ax, 3.45, 1.4, 1.6, 1.3, f"phase 2: {len(new)} new classes\n" + names(new),
-                 kind="learned", fontsize=7.5)
-    arrow(ax, phase1.right, model1.left)
-    arrow(ax, model1.right, phase2.left)
-    rows = [("new data only", "forgets the old classes", "loss"),
-            (f"+ replay: {replay_per_class} old messages per class", "a small memory of the "
-             "past", "data"),
-            (f"+ EWC: λ = {ewc_lambda:g}", r"$\frac{\lambda}{2}\sum_i F_i(\theta_i - "
-             r"\theta_i^{old})^2$", "model"),
-            ("joint: all classes at once", "the upper reference", "frozen")]
+    n = len(stages)
+    fig, ax = canvas(9.2, 3.7)
+    width = min(1.6, 4.6 / n)
+    seen: list[str] = []
+    for k, stage in enumerate(stages):
+        seen += stage
+        x = 0.05 + k * (width + 0.35)
+        b = box(ax, x, 2.3, width, 0.9, f"stage {k + 1}\n+ " + ", ".join(stage), kind="data"
+                if k == 0 else "learned", fontsize=7.5)
+        note(ax, b.center[0], 2.12, f"answers among {len(seen)}", fontsize=7)
+        if k:
+            arrow(ax, (x - 0.35, 2.75), b.left)
+    right = 0.05 + n * (width + 0.35)
+    rows = [("sequential: each new batch alone", "forgets the earlier intents", "loss"),
+            (f"rehearsal: + {replay_per_class} old messages per old intent",
+             "a small replay buffer", "data"),
+            (f"EWC: + penalty, λ = {ewc_lambda:g}", r"$\frac{\lambda}{2}\sum_i F_i"
+             r"(\theta_i - \theta^*_i)^2$", "model"),
+            ("joint: all batches at once", "the reference", "frozen")]
     for i, (name, effect, kind) in enumerate(rows):
-        y = 2.85 - 0.78 * i
-        b = box(ax, 5.5, y, 2.0, 0.6, name, kind=kind, fontsize=7.5)
-        arrow(ax, phase2.right, b.left, color=MUTED)
-        note(ax, 7.6, y + 0.3, effect, ha="left", fontsize=7.5, color=EDGE)
-    note(ax, 2.6, 0.55, "measured on a test set of old and new classes:\naccuracy on the old "
-         "ones (forgetting) and on the new ones", fontsize=7.5, color=ACCENT)
+        y = 1.45 - 0.45 * i
+        box(ax, 0.05, y, 3.9, 0.36, name, kind=kind, fontsize=7.5)
+        note(ax, 4.1, y + 0.18, effect, ha="left", fontsize=7.5, color=EDGE)
+    note(ax, min(right, 8.0), 2.75, "after every stage: accuracy\non each batch of "
+         "intents", ha="left", fontsize=7.5, color=ACCENT)
+    note(ax, 7.0, 0.35, "all methods start from the\nrouter trained on stage 1",
+         fontsize=7.5, color=MUTED)
     return fig
