@@ -70,7 +70,8 @@ def multi_head(config: GPTConfig, T: int, batch: int = 1) -> Figure:
         heads.append(box(ax, 3.35, (2.1, 1.35, 0.35)[i], 1.9, 0.6, f"{label}: attention\n"
                          f"({B}, {T}, {dh}) each", kind="plain", fontsize=8))
     if H > shown:
-        note(ax, 4.3, 1.15, f"⋮  {H - shown} more heads", fontsize=8)
+        more = H - shown
+        note(ax, 4.3, 1.15, f"⋮  {more} more head{'s' if more > 1 else ''}", fontsize=8)
     cat = box(ax, 5.85, 1.1, 1.3, 0.8, f"concatenate\n{H} × {dh}\n= {d}", kind="plain",
               fontsize=8.5)
     proj = box(ax, 7.5, 1.1, 1.1, 0.8, f"c_proj\n{d} → {d}", kind="model", fontsize=8.5)
