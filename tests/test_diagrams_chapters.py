@@ -154,7 +154,9 @@ def test_bpe_replay_ends_in_the_tokenizers_encoding(tokenizer):
         assert all(isinstance(r, int) for r in ranks)
     drawn = texts(pretraining.bpe_merges(tokenizer, " function"))
     final = tokenizer.encode(" function")
-    assert f"→ {len(final.ids)} tokens, ids {final.ids}" in drawn
+    assert f"{len(' function'.encode())} bytes → {len(final.ids)} token" in drawn
+    assert f"ids {final.ids}" in drawn and "␣" in drawn
+    assert drawn.count("Ġ") == 1, "tiles show the space as ␣; only the legend names Ġ"
     with pytest.raises(ValueError, match="word"):
         pretraining.merge_steps(tokenizer, "two words")
 
@@ -224,6 +226,7 @@ def test_decision_flow_counts_the_records():
     loss = Comparison("e", "f", "nll", 1.0, 1.2, kind="log-loss")
     drawn = texts(verdict.decision_flow({"x": [win, tie], "y": [loss]}))
     assert "3 comparisons from 2 chapters" in drawn
-    assert "2 with an interval, 1 whose" in drawn and "1 of 3 with training" in drawn
+    assert "2 with an interval, 1 whose" in drawn
+    assert "1 of 3 with training seconds,\n1 with inference seconds" in drawn
     with pytest.raises(TypeError, match="Comparison"):
         verdict.decision_flow({"x": ["not a comparison"]})

@@ -47,7 +47,8 @@ def bpe_merges(tokenizer, word: str) -> Figure:
     """The merges a BPE ``tokenizer`` applies to ``word``, one row per merge (see
     :func:`merge_steps`): the pieces as tiles, the pair just merged in orange, and the rank of
     that merge (the order in which training learned it: lower = more frequent); the last row
-    is what the tokenizer outputs, with its ids (chapter 7)."""
+    is what the tokenizer outputs, with its ids. The byte-level space, ``Ġ`` in the
+    vocabulary, is drawn as ``␣`` (chapter 7)."""
     steps = merge_steps(tokenizer, word)
     longest = max(sum(len(p) + 1.2 for p in s) for s, _ in steps) * CHAR
     row = 0.34
@@ -63,14 +64,17 @@ def bpe_merges(tokenizer, word: str) -> Figure:
         for piece in state:
             new = r is not None and piece not in previous and len(piece) > 1
             width = (len(piece) + 1.2) * CHAR
-            box(ax, x, y, width - 0.04, 0.26, piece, kind="model" if new else "plain",
+            box(ax, x, y, width - 0.04, 0.26, piece.replace("Ġ", "␣"),
+                kind="model" if new else "plain",
                 fontsize=8, mono=True, rounded=False)
             x += width
         previous = state
     final = steps[-1][0]
     ids = [tokenizer.token_to_id(p) for p in final]
-    note(ax, 0.05, 0.12, f"{len(steps[0][0])} bytes → {len(final)} tokens, ids {ids}; "
-         "orange: the piece a merge just made", ha="left", fontsize=7.5, color=ACCENT)
+    tokens = f"{len(final)} token{'s' if len(final) > 1 else ''}"
+    note(ax, 0.05, 0.12, f"{len(steps[0][0])} bytes → {tokens}, ids {ids}; orange: the "
+         "piece a merge just made; ␣: the space (Ġ in the vocabulary)", ha="left",
+         fontsize=7.5, color=ACCENT)
     return fig
 
 

@@ -21,7 +21,7 @@ def decision_flow(records: Mapping[str, Sequence[Comparison]]) -> Figure:
     r"""The cost–benefit flow of the verdict, with the counts of ``records`` (chapter name →
     its :class:`aigc_lib.results.Comparison` list, as :func:`aigc_lib.results.load_all` gives
     them): measured quality (how many comparisons, how many with an interval whose lower end
-    is a gain) and measured cost (how many carry training and inference seconds) are priced
+    is a gain) and measured cost (how many carry training, how many inference seconds) are priced
     (people, machine time, mistakes), compared with the alternative at a monthly volume
     (break-even), and only then decided (chapter 12)."""
     if not isinstance(records, Mapping) or not records:
@@ -32,14 +32,15 @@ def decision_flow(records: Mapping[str, Sequence[Comparison]]) -> Figure:
     n = len(comparisons)
     supported = sum(_supported(c) for c in comparisons)
     with_interval = sum(c.difference_interval is not None for c in comparisons)
-    timed = sum(c.train_seconds is not None and c.inference_seconds is not None
-                for c in comparisons)
+    trained = sum(c.train_seconds is not None for c in comparisons)
+    served = sum(c.inference_seconds is not None for c in comparisons)
     fig, ax = canvas(9.4, 3.3)
     quality = box(ax, 0.05, 1.85, 2.2, 1.05, f"measured quality\n{n} comparisons from "
                   f"{len(records)} chapters\n{with_interval} with an interval, "
                   f"{supported} whose\nwhole interval is a gain", kind="data", fontsize=7.5)
-    cost = box(ax, 0.05, 0.45, 2.2, 1.05, f"measured cost\n{timed} of {n} with training "
-               "and\ninference seconds; labels,\nFLOPs, memory", kind="data", fontsize=7.5)
+    cost = box(ax, 0.05, 0.45, 2.2, 1.05, f"measured cost\n{trained} of {n} with training "
+               f"seconds,\n{served} with inference seconds;\nlabels, FLOPs, memory",
+               kind="data", fontsize=7.5)
     price = box(ax, 2.7, 1.1, 1.75, 1.15, "priced\nmachine hours × price\npeople's time × "
                 "wage\nmistakes × their cost", kind="plain", fontsize=7.5)
     compare = box(ax, 4.9, 1.1, 1.9, 1.15, "against the\nalternative\n(by hand, or the "
