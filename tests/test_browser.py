@@ -37,7 +37,7 @@ GLOSSARY = "book/appendix/glossary"
 # 3 and 8; the chapters still being written get theirs in round 2, and then this list becomes
 # every chapter page (the lead extends it; tests/test_diagrams.py checks the same list).
 DIAGRAM_CHAPTERS = ["book/01_probability_and_losses", "book/02_optimisation", "book/03_vae",
-                    "book/08_finetuning_lm"]
+                    "book/05_diffusion", "book/08_finetuning_lm", "book/11_token_costs"]
 MIN_DIAGRAMS = 2
 CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
