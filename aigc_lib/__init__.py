@@ -19,6 +19,7 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``classifier``  a classifier on a pretrained encoder, fully or with LoRA (peft), via ``fit``
 - ``augment``     simple text augmentation (random deletion, swap, typos), seeded
 - ``costs``       parameter counts, size on disk, latency and throughput
+- ``scaling``     a sweep of small GPTs, a fitted scaling law, its frontier and forecast, CPU MFU
 """
 
 __version__ = "0.1.0"
