@@ -432,6 +432,22 @@ def fit_law(n_params, tokens, losses, start: ScalingLaw | None = None,
                       B=math.exp(log_b), beta=float(beta))
 
 
+def fit_coefficients(n_params, tokens, losses, alpha: float, beta: float) -> ScalingLaw:
+    r"""The law with the exponents fixed at ``alpha`` and ``beta`` (for example another study's)
+    and :math:`E, A, B \ge 0` fitted by non-negative least squares on the losses, which for
+    fixed exponents are linear in them: a sensitivity check of a fit's exponents."""
+    from scipy.optimize import nnls
+
+    n, d, l = _validate(n_params, tokens, losses)
+    checks.positive_number("alpha", alpha)
+    checks.positive_number("beta", beta)
+    x = np.stack([np.ones_like(n), n ** -alpha, d ** -beta], axis=1)
+    scale = x.max(axis=0)
+    (E, A, B), _ = nnls(x / scale, l)
+    E, A, B = E / scale[0], A / scale[1], B / scale[2]
+    return ScalingLaw(E=float(E), A=float(A), alpha=float(alpha), B=float(B), beta=float(beta))
+
+
 def bootstrap(n_params, tokens, losses, n_resamples: int = 400, seed: int = 0,
               law: ScalingLaw | None = None) -> list[ScalingLaw]:
     """Refit the law to ``n_resamples`` resamples of the runs drawn with replacement (the

@@ -29,6 +29,17 @@ def test_fit_recovers_known_coefficients_from_exact_runs():
     assert law.A == pytest.approx(TRUE.A, rel=1e-2) and law.B == pytest.approx(TRUE.B, rel=1e-2)
 
 
+def test_fixed_exponents_recover_the_coefficients():
+    law = scaling.fit_coefficients(*synthetic_runs(), alpha=TRUE.alpha, beta=TRUE.beta)
+    for name in ("E", "A", "B"):
+        assert getattr(law, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
+    wrong = scaling.fit_coefficients(*synthetic_runs(), alpha=0.5, beta=0.5)
+    n, d, losses = synthetic_runs()
+    assert np.abs(np.log(wrong.loss(n, d) / losses)).max() > 1e-3    # wrong exponents show
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        scaling.fit_coefficients(n, d, losses, alpha=0.0, beta=0.3)
+
+
 def test_bootstrap_intervals_cover_the_truth_and_are_reproducible():
     runs = synthetic_runs(noise=0.002, seed=1)
     law = scaling.fit_law(*runs)
