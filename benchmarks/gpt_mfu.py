@@ -65,7 +65,7 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
     return None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -78,8 +78,11 @@ def main() -> None:
                              "machine several threads mostly wait for each other")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak FLOP/s in TFLOP/s, if not in the table")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     dev = runtime.device()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
