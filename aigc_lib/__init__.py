@@ -28,6 +28,7 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``quantize``    bf16 and int8 (torchao) copies of a model, an int8 reference, size in memory
 - ``memory``      bytes to train and to serve a model: weights, gradients, Adam, activations
 - ``decoding``    distinct n-grams of samples, speculative decoding
+- ``scaling``     a sweep of small GPTs, a fitted scaling law, its frontier and forecast, CPU MFU
 """
 
 import logging as _logging

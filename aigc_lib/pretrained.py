@@ -17,12 +17,14 @@ the fine-tuning chapter starts from it exactly as it would start from ``gpt2``::
 
 It also holds this library's own files: ``gpt.safetensors`` and ``gpt_config.json`` (the same
 weights for :class:`aigc_lib.models.gpt.GPT`), ``recipe.json`` and ``history.json``. The folder
-name contains a hash of the recipe, the corpus and the tokenizer kind: changing any of them trains
-a new model instead of loading a stale one.
+name contains a hash of the recipe, the corpus, the tokenizer kind and how the model was trained
+(device and precision, :func:`trained_on`): changing any of them trains a new model instead of
+loading a stale one, and a bf16 model trained on a GPU never stands in for the float32 CPU model.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,10 +35,11 @@ from pathlib import Path
 import torch
 
 from aigc_lib import checkpoint, data, metrics, optim, runtime, training
-from aigc_lib.models import gpt
+from aigc_lib.models import gpt, llama
 
 CACHE_VERSION = 1          # bump when the training code changes what a recipe produces
 TOKENIZERS = ("bpe", "byte")
+BLOCKS = ("gpt2", "llama")    # GPT-2's block, or the Llama-style one (chapter 7)
 
 
 @dataclass(frozen=True)
@@ -130,49 +133,93 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+@functools.lru_cache(maxsize=2)
+def corpus(vocab_size: int) -> tuple[object, torch.Tensor, torch.Tensor]:
+    """The BPE tokenizer with ``vocab_size`` tokens trained on the training split of
+    :func:`aigc_lib.data.python_docs`, and the token ids of the training and held-out text (each
+    with an end-of-text token in front); computed once per process and vocabulary size."""
+    train_text, test_text = data.python_docs("train"), data.python_docs("test")
+    tokenizer = data.train_bpe(train_text, vocab_size)
+    return tokenizer, data.encode(tokenizer, train_text), data.encode(tokenizer, test_text)
+
+
+def build_model(r: Recipe, vocab_size: int, block: str = "gpt2") -> torch.nn.Module:
+    """The untrained network of recipe ``r``: GPT-2's block (:class:`aigc_lib.models.gpt.GPT`) or
+    the Llama-style block (:class:`aigc_lib.models.llama.Llama`, SwiGLU of width round(8d/3))
+    with the same width, depth, heads and context, seeded by ``r.seed``."""
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+    runtime.seed_everything(r.seed)
+    if block == "gpt2":
+        config = r.gpt_config()
+        config.vocab_size = vocab_size
+        return gpt.GPT(config)
+    return llama.Llama(llama.LlamaConfig(vocab_size=vocab_size, block_size=r.block_size,
+                                         n_layer=r.n_layer, n_head=r.n_head, n_embd=r.n_embd,
+                                         dropout=r.dropout))
+
+
+def trained_on(device: str | torch.device | None = None) -> dict[str, str]:
+    """How :func:`train` would train on ``device`` (default :func:`aigc_lib.runtime.device`):
+    the device type and the precision (bf16 autocast on a CUDA GPU that supports it, float32
+    otherwise). Part of every cache key: a model trained in bf16 on a GPU is not the float32
+    CPU model, whatever the profile."""
+    dev = runtime.device(device)
+    bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    return {"device": dev.type, "precision": "bf16-autocast" if bf16 else "float32"}
+
+
 def train(r: Recipe, checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
-          device: str | None = None) -> tuple[gpt.GPT, object, training.History]:
+          device: str | None = None, block: str = "gpt2", compile_model: bool | None = None,
+          eval_stride: int | None = None) -> tuple[torch.nn.Module, object, training.History]:
     """Pretrain a GPT by recipe ``r`` on the training split of :func:`aigc_lib.data.python_docs`:
     a tokenizer, random windows of ``block_size + 1`` tokens, AdamW with warm-up and cosine decay,
-    gradient clipping, :func:`aigc_lib.training.fit` (bf16 autocast and ``torch.compile`` on CUDA).
-    The held-out bits per byte is recorded at every evaluation point as ``test_bpb``."""
+    gradient clipping, :func:`aigc_lib.training.fit` (bf16 autocast and ``torch.compile`` on CUDA,
+    unless ``compile_model=False``). ``block`` picks GPT-2's block or the Llama-style one
+    (:func:`build_model`). The held-out bits per byte is recorded at every evaluation point as
+    ``test_bpb``, scored in windows that advance by ``eval_stride`` tokens (default
+    ``block_size``: separate windows, quick; ``block_size // 2`` scores as
+    :func:`heldout_bits_per_byte` does)."""
     if not isinstance(r, Recipe):
         raise TypeError(f"r must be a Recipe, got {type(r).__name__}")
     dev = runtime.device(device)
-    train_text, test_text = data.python_docs("train"), data.python_docs("test")
-    tokenizer = data.train_bpe(train_text, r.vocab_size)
-    config = r.gpt_config()
-    config.vocab_size = tokenizer.get_vocab_size()      # BPE may stop early if no pair is left
-    windows = data.token_windows(data.encode(tokenizer, train_text), r.block_size + 1)
-    test_ids, test_bytes = data.encode(tokenizer, test_text), len(test_text.encode())
+    tokenizer, train_ids, test_ids = corpus(r.vocab_size)
+    windows = data.token_windows(train_ids, r.block_size + 1)
+    test_bytes = len(data.python_docs("test").encode())
 
-    runtime.seed_everything(r.seed)
-    model = gpt.GPT(config).to(dev)
+    # BPE may stop early if no pair is left to merge, so the vocabulary is the tokenizer's
+    model = build_model(r, tokenizer.get_vocab_size(), block).to(dev)
     fused = {"fused": True} if dev.type == "cuda" else {}
     opt = torch.optim.AdamW(_param_groups(model, r.weight_decay), lr=r.lr, betas=(0.9, 0.95),
                             **fused)
     sched = optim.warmup_cosine_scheduler(opt, r.warmup_steps, r.steps, r.min_lr_ratio)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and compile_model is not False:
         torch.set_float32_matmul_precision("high")
         model.compile()                 # compiles forward in place; state_dict names unchanged
 
-    def test_bpb(m: gpt.GPT) -> dict[str, float]:
-        nll, _ = gpt.sequence_nll(m, test_ids, stride=r.block_size)   # quick: no overlap
+    def test_bpb(m: torch.nn.Module) -> dict[str, float]:
+        nll, _ = gpt.sequence_nll(m, test_ids, stride=eval_stride or r.block_size)
         return {"test_bpb": metrics.bits_per_byte(nll, test_bytes)}
 
     history = training.fit(model, windows, loss_fn=gpt.lm_loss, optimizer=opt, scheduler=sched,
                            steps=r.steps, batch_size=r.batch_size, eval_every=r.eval_every,
                            evaluate=test_bpb, clip_grad_norm=r.clip_grad_norm, device=dev,
                            checkpoint=checkpoint_path, seed=r.seed, progress=progress,
-                           desc=f"pretrain GPT ({config.vocab_size} tokens)")
+                           desc=f"pretrain {block} ({tokenizer.get_vocab_size()} tokens)")
     return model.eval(), tokenizer, history
 
 
+def cache_key(**spec: object) -> str:
+    """A short hash of ``spec`` (JSON-serialisable), the corpus, :data:`CACHE_VERSION` and how
+    training runs here (:func:`trained_on`): the name of a cached result that changes whenever
+    anything that determines it changes."""
+    corpus_hash = hashlib.sha256(data.python_docs("all").encode()).hexdigest()
+    full = dict(spec, version=CACHE_VERSION, corpus=corpus_hash, trained_on=trained_on())
+    return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _key(tokenizer: str, r: Recipe) -> str:
-    corpus = hashlib.sha256(data.python_docs("all").encode()).hexdigest()
-    spec = json.dumps({"version": CACHE_VERSION, "tokenizer": tokenizer, "recipe": asdict(r),
-                       "corpus": corpus}, sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+    return cache_key(tokenizer=tokenizer, recipe=asdict(r))
 
 
 def folder(tokenizer: str = "bpe", profile: str | None = None,

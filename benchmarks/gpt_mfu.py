@@ -10,8 +10,10 @@ One training step is what ``aigc_lib.training.fit`` does for chapter 7: forward 
 bf16 autocast, backward, gradient clipping, a fused AdamW step. FLOPs per token come from
 ``aigc_lib.models.gpt.flops_per_token`` (6 N_mm + 12 L T d, checked against PyTorch's FLOP
 counter in tests/test_gpt.py); MFU = achieved FLOP/s / the device's peak dense bf16 FLOP/s.
-The peak is looked up by device name; on the CPU, or on an unknown GPU without ``--peak-tflops``,
-only tokens/s and FLOP/s are printed.
+The peak is looked up by device name on a GPU; on the CPU it is measured (the best rate of
+512 x 512 float32 matrix products on the same threads, ``aigc_lib.scaling.matmul_peak_flops``,
+as chapter 7 does); on an unknown GPU without ``--peak-tflops`` only tokens/s and FLOP/s are
+printed.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import time
 
 import torch
 
-from aigc_lib import pretrained, runtime
+from aigc_lib import pretrained, runtime, scaling
 from aigc_lib.models import gpt
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, FLOP/s (no structured sparsity).
@@ -52,7 +54,7 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
     if override_tflops is not None:
         return override_tflops * 1e12
     if device.type != "cuda":
-        return None
+        return scaling.matmul_peak_flops()
     name = torch.cuda.get_device_name(device)
     for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):   # most specific name first
         if key in name or key.replace(" ", "") in name.replace(" ", ""):
@@ -63,7 +65,7 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
     return None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -76,8 +78,11 @@ def main() -> None:
                              "machine several threads mostly wait for each other")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak FLOP/s in TFLOP/s, if not in the table")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     dev = runtime.device()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -138,7 +143,9 @@ def main() -> None:
         "achieved_tflops": round(achieved / 1e12, 3),
     }
     if peak is not None:
-        report["peak_tflops"] = peak / 1e12
+        report["peak_tflops"] = round(peak / 1e12, 4)
+        report["peak_source"] = "measured matmul" if not cuda and args.peak_tflops is None \
+            else "data sheet or --peak-tflops"
         report["mfu"] = round(achieved / peak, 4)
     print(json.dumps(report, indent=1))
 

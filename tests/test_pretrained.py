@@ -107,6 +107,19 @@ def test_the_cache_key_follows_the_recipe(tiny_cache, monkeypatch):
     assert pretrained.folder("bpe", "cpu") != before
 
 
+def test_the_cache_key_follows_device_and_precision(tiny_cache, monkeypatch):
+    """A bf16 model trained on a GPU is not the float32 CPU model, whatever the profile."""
+    assert pretrained.trained_on("cpu") == {"device": "cpu", "precision": "float32"}
+    cpu_folder = pretrained.folder("bpe", "cpu")
+    monkeypatch.setattr(pretrained, "trained_on",
+                        lambda device=None: {"device": "cuda", "precision": "bf16-autocast"})
+    gpu_folder = pretrained.folder("bpe", "cpu")
+    assert gpu_folder != cpu_folder and gpu_folder.parent == cpu_folder.parent
+    monkeypatch.setattr(pretrained, "trained_on",
+                        lambda device=None: {"device": "cuda", "precision": "float32"})
+    assert pretrained.folder("bpe", "cpu") not in (cpu_folder, gpu_folder)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="tokenizer must be one of"):
         pretrained.recipe("chars")

@@ -1,2 +1,2 @@
 """Models built in the book, one module each (VAE, GAN, diffusion and flow matching, GPT,
-LoRA), imported explicitly: ``from aigc_lib.models import gpt``."""
+the Llama-style block, n-grams, LoRA), imported explicitly: ``from aigc_lib.models import gpt``."""

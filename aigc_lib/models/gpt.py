@@ -431,7 +431,7 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sequence_nll(model: GPT, ids: torch.Tensor, stride: int | None = None,
+def sequence_nll(model: nn.Module, ids: torch.Tensor, stride: int | None = None,
                  batch_size: int = 16) -> tuple[float, int]:
     r"""Total negative log-likelihood (nats) of ``ids[1:]`` given what precedes, and the number of
     tokens scored: :math:`-\sum_{t\ge1}\log p_\theta(x_t \mid x_{<t})`, the code length of the
@@ -442,8 +442,10 @@ def sequence_nll(model: GPT, ids: torch.Tensor, stride: int | None = None,
     by ``stride`` (default ``block_size // 2``): every token is scored exactly once, with at least
     ``block_size - stride`` tokens of context except near the start.
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be an aigc_lib.models.gpt.GPT, got {type(model).__name__}")
+    if not isinstance(model, nn.Module) or not hasattr(getattr(model, "config", None),
+                                                       "block_size"):
+        raise TypeError(f"model must be a language model with a config.block_size (a GPT or a "
+                        f"models.llama.Llama), got {type(model).__name__}")
     checks.tensor("ids", ids, ndim=1)
     if len(ids) < 2:
         raise ValueError(f"ids must hold at least 2 tokens, got {len(ids)}")

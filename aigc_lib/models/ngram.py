@@ -9,8 +9,10 @@ symbols and :math:`h'` the same history without its oldest symbol,
 
 where at the top order :math:`c` counts occurrences, and at every lower order it is the
 *continuation count* :math:`N_{1+}(\cdot\,hw)`, the number of distinct symbols seen before
-:math:`hw` (Kneser and Ney's idea: a lower order is only consulted when the longer history is
-rare, so it should model how many contexts a symbol continues, not how often it occurs).
+:math:`hw` (Kneser and Ney's idea: the lower order's share of the probability is largest where
+the longer history is rare or followed by many different symbols, so it should model how many
+contexts a symbol continues, not how often it occurs). The lower order is mixed in for every
+symbol, seen after :math:`h` or not: interpolation, not backoff.
 :math:`N_{1+}(h\,\cdot)` is the number of distinct symbols seen after :math:`h`, and
 :math:`D_n = n_1/(n_1 + 2n_2)` from the numbers :math:`n_1, n_2` of n-grams counted once and twice
 (clipped to :math:`[10^{-3}, 0.999]`; 0.5 when no n-gram is counted once or twice).
