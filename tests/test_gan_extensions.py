@@ -309,6 +309,11 @@ def test_conditional_models_gradients_and_training_through_fit_gan():
     (lambda: gan.ProjectionDiscriminator(4, 3)(torch.zeros(2, 4)), ValueError,
      r"xy must have shape \(B, 7\)"),
     (lambda: gan.ProjectionDiscriminator(4, 3, layers=0), ValueError, "layers must be >= 1"),
+    (lambda: gan.ConditionalGenerator(2, 3, 4).generate(torch.zeros(2, 2),
+                                                        torch.zeros(2)), TypeError, "int64"),
+    (lambda: gan.ConditionalGenerator(2, 3, 4).generate(torch.zeros(2, 2),
+                                                        torch.zeros(3, dtype=torch.long)),
+     ValueError, r"noise must be \(B, 2\) and labels \(B,\)"),
     (lambda: gan.ConditionalGenerator(2, 0, 4), ValueError, "n_classes must be > 0"),
 ])
 def test_conditional_models_bad_input(call, error, words):

@@ -201,6 +201,9 @@ class ConditionalGenerator(nn.Module):
     def generate(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images ``(B, data_dim)`` for noise ``(B, noise_dim)`` and integer labels ``(B,)``."""
         checks.tensor("noise", noise, floating=True, finite=False, ndim=2)
+        checks.tensor("labels", labels, ndim=1)
+        if labels.dtype != torch.int64:
+            raise TypeError(f"labels must be an int64 tensor, got dtype {labels.dtype}")
         if noise.shape[1] != self.noise_dim or labels.shape != (len(noise),):
             raise ValueError(f"noise must be (B, {self.noise_dim}) and labels (B,), got "
                              f"{tuple(noise.shape)} and {tuple(labels.shape)}")
