@@ -2,8 +2,8 @@
 
 Chapter 1 (probability and losses) derives: binary cross-entropy from logits, the Gaussian and
 categorical negative log-likelihoods, entropy and KL divergence, and perplexity. Chapter 3 adds
-the VAE loss, chapter 4 the GAN losses (which take the discriminator's logits); later chapters
-add the language-model losses here.
+the VAE loss, chapter 4 the GAN losses (which take the discriminator's logits), the Wasserstein
+critic's losses and the gradient penalties; later chapters add the language-model losses here.
 
 Conventions: ``reduction`` is ``'mean'`` (over every element), ``'sum'`` or ``'none'``; losses are
 in nats (natural logarithms).
