@@ -16,7 +16,9 @@ upwards, by an amount that depends on the sample sizes), and the **floor** is th
 half ``A`` — real, held-out digits that the judge has never seen — to half ``B``.
 
 Training takes a few seconds on a CPU and is deterministic for a given seed, so every chapter
-trains the same judge instead of sharing a file.
+trains the same judge instead of sharing a file. ``dataset="mnist"`` (the online-only option of
+chapter 4, 28×28 images) trains the same kind of judge on MNIST and cuts MNIST's test split
+into its halves.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ from aigc_lib.training import fit
 
 PIXELS = 64      # 8×8 digits, flattened
 FEATURES = 64    # width of the judge's last hidden layer
+DATASETS = {"digits": PIXELS, "mnist": 28 * 28}   # dataset -> pixels per image
+
+
+def _dataset(dataset: str) -> str:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {dataset!r}")
+    return dataset
+
+
+def _load(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return (data.mnist if _dataset(dataset) == "mnist" else data.digits)(split)
 
 
 @dataclass
@@ -41,12 +54,17 @@ class DigitJudge:
     features: nn.Sequential
     head: nn.Linear
     test_accuracy: float
+    dataset: str = "digits"
+
+    def __post_init__(self) -> None:
+        _dataset(self.dataset)
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         checks.tensor("images", images, floating=True, ndim=2)
-        if images.shape[1] != PIXELS:
-            raise ValueError(f"images must be (N, {PIXELS}) flattened 8×8 digits in [0, 1], "
-                             f"got shape {tuple(images.shape)}")
+        pixels = DATASETS[self.dataset]
+        if images.shape[1] != pixels:
+            raise ValueError(f"images must be (N, {pixels}) flattened {self.dataset} images in "
+                             f"[0, 1], got shape {tuple(images.shape)}")
         return images.float().cpu()
 
     @torch.no_grad()
@@ -69,17 +87,18 @@ class DigitJudge:
         return (self.predict(images) == labels.cpu()).double().mean().item()
 
 
-def train_judge(seed: int = 0, epochs: int = 30) -> DigitJudge:
-    """Train the judge on the training digits (``data.digits("train")``) with Adam, 30 epochs
-    of batches of 64; its initialisation and data order come from ``seed`` alone (the global
-    random state is left as it was)."""
+def train_judge(seed: int = 0, epochs: int = 30, dataset: str = "digits") -> DigitJudge:
+    """Train the judge on the training digits (``data.digits("train")``, or MNIST's training
+    split with ``dataset="mnist"``) with Adam, ``epochs`` epochs of batches of 64; its
+    initialisation and data order come from ``seed`` alone (the global random state is left as
+    it was)."""
     checks.positive_number("seed", seed, integer=True, allow_zero=True)
     checks.positive_number("epochs", epochs, integer=True)
-    x_train, y_train = data.digits("train")
-    x_test, y_test = data.digits("test")
+    x_train, y_train = _load(dataset, "train")
+    x_test, y_test = _load(dataset, "test")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        features = nn.Sequential(nn.Linear(PIXELS, 128), nn.ReLU(),
+        features = nn.Sequential(nn.Linear(DATASETS[dataset], 128), nn.ReLU(),
                                  nn.Linear(128, FEATURES), nn.ReLU())
         head = nn.Linear(FEATURES, 10)
         model = nn.Sequential(features, head)
@@ -89,14 +108,15 @@ def train_judge(seed: int = 0, epochs: int = 30) -> DigitJudge:
     model.eval()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).double().mean().item()
-    return DigitJudge(features, head, accuracy)
+    return DigitJudge(features, head, accuracy, dataset)
 
 
-def heldout_halves() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The test digits cut into two fixed, stratified halves ``A`` and ``B`` (180 images each):
-    ``((x_a, y_a), (x_b, y_b))``. Within each digit class, test images alternate between A and B
-    in the order of the split."""
-    x, y = data.digits("test")
+def heldout_halves(dataset: str = "digits"
+                   ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The test digits cut into two fixed, stratified halves ``A`` and ``B`` (180 images each;
+    5,000 for MNIST): ``((x_a, y_a), (x_b, y_b))``. Within each digit class, test images
+    alternate between A and B in the order of the split."""
+    x, y = _load(dataset, "test")
     to_a = torch.zeros(len(y), dtype=torch.bool)
     for digit in range(10):
         members = (y == digit).nonzero().flatten()
@@ -110,7 +130,7 @@ def frechet_to_heldout(judge: DigitJudge, images: torch.Tensor) -> float:
     computed from equal sample sizes and compares with :func:`floor`."""
     if not isinstance(judge, DigitJudge):
         raise TypeError(f"judge must be a DigitJudge, got {type(judge).__name__}")
-    _, (x_b, _) = heldout_halves()
+    _, (x_b, _) = heldout_halves(judge.dataset)
     if len(images) < len(x_b):
         raise ValueError(f"images must hold at least {len(x_b)} images (the size of held-out "
                          f"half B), got {len(images)}")
@@ -120,5 +140,5 @@ def frechet_to_heldout(judge: DigitJudge, images: torch.Tensor) -> float:
 def floor(judge: DigitJudge) -> float:
     """The distance of real held-out digits (half ``A``) to half ``B``: what a generator that
     draws from the data distribution itself would score, up to sampling noise."""
-    (x_a, _), _ = heldout_halves()
+    (x_a, _), _ = heldout_halves(judge.dataset)
     return frechet_to_heldout(judge, x_a)

@@ -2,8 +2,8 @@
 
 Chapter 1 (probability and losses) derives: binary cross-entropy from logits, the Gaussian and
 categorical negative log-likelihoods, entropy and KL divergence, and perplexity. Chapter 3 adds
-the VAE loss, chapter 4 the GAN losses (which take the discriminator's logits); later chapters
-add the language-model losses here.
+the VAE loss, chapter 4 the GAN losses (which take the discriminator's logits), the Wasserstein
+critic's losses and the gradient penalties; later chapters add the language-model losses here.
 
 Conventions: ``reduction`` is ``'mean'`` (over every element), ``'sum'`` or ``'none'``; losses are
 in nats (natural logarithms). The losses that training computes at every step check the types,
@@ -407,6 +407,83 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     except RuntimeError as err:
         raise ValueError("real_logits must be computed from real (no gradient path)") from err
     return grad.flatten(1).square().sum(1).mean() if real.ndim > 1 else grad.square().mean()
+
+
+def wgan_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    r"""The critic's loss of the Wasserstein GAN (Arjovsky et al. 2017; chapter 4), from the
+    critic's unbounded scores :math:`f(x)` (no sigmoid) on :math:`m` real and :math:`n`
+    generated examples:
+
+    .. math:: L_C = \frac1n\sum_{j=1}^n f(\tilde x_j) - \frac1m\sum_{i=1}^m f(x_i).
+
+    By the Kantorovich–Rubinstein duality, :math:`W_1(p_r, p_g) = \sup_{\lVert f\rVert_L \le 1}
+    \mathbb E_{p_r} f - \mathbb E_{p_g} f`, so a 1-Lipschitz critic that minimises :math:`L_C`
+    reaches :math:`-W_1`; the Lipschitz constraint comes from elsewhere (a gradient penalty,
+    :func:`gradient_penalty`, or spectral normalisation). Gradients: :math:`-1/m` for each real
+    score and :math:`1/n` for each generated one. Scores of any shapes (each averaged)."""
+    checks.tensor("real_scores", real_scores, floating=True, finite=False)
+    checks.tensor("fake_scores", fake_scores, floating=True, finite=False)
+    if real_scores.numel() == 0 or fake_scores.numel() == 0:
+        raise ValueError("real_scores and fake_scores must not be empty")
+    return fake_scores.mean() - real_scores.mean()
+
+
+def wgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    r"""The generator's loss of the Wasserstein GAN (chapter 4): :math:`L_G = -\frac1n
+    \sum_j f(G(z_j))`. Its gradient with respect to a generated point is :math:`-\nabla_x f/n`,
+    whose size a 1-Lipschitz critic keeps near 1 wherever the critic is tight, even when the
+    supports of :math:`p_r` and :math:`p_g` are disjoint (where the JS-based losses saturate)."""
+    checks.tensor("fake_scores", fake_scores, floating=True, finite=False)
+    if fake_scores.numel() == 0:
+        raise ValueError("fake_scores must not be empty")
+    return -fake_scores.mean()
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     epsilon: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The WGAN-GP gradient penalty (Gulrajani et al. 2017; chapter 4): the mean over
+    :math:`m` interpolates :math:`\hat x_i = \epsilon_i x_i + (1 - \epsilon_i)\tilde x_i`,
+    :math:`\epsilon_i \sim U[0, 1]`, of
+
+    .. math:: \big(\lVert \nabla_x f(\hat x_i)\rVert_2 - 1\big)^2 .
+
+    An optimal 1-Lipschitz critic has gradient norm 1 almost everywhere on the straight lines
+    between coupled real and generated points, so the penalty pulls the critic towards that
+    property instead of clipping its weights; the critic's loss becomes
+    :math:`L_C + \lambda\,\mathrm{GP}` (the paper's :math:`\lambda = 10`). For a linear critic
+    :math:`f(x) = w^\top x + b` it equals :math:`(\lVert w\rVert_2 - 1)^2`.
+
+    ``critic`` maps ``(m, ...)`` to one score per row, and must treat rows independently (no
+    batch normalisation or packing: the gradient of the summed scores is then the per-row
+    gradient). ``real`` and ``fake`` have the same shape ``(m, ...)``; the interpolates are
+    detached from both (the penalty trains the critic only), and the penalty is built with
+    ``create_graph=True`` so it backpropagates to the critic's parameters. ``epsilon``
+    (``(m,)`` in [0, 1]) fixes the mixing weights; by default they are drawn with
+    ``torch.rand`` (the global generator).
+    """
+    if not callable(critic):
+        raise TypeError(f"critic must be a torch.nn.Module or callable, got "
+                        f"{type(critic).__name__}")
+    checks.tensor("real", real, floating=True, finite=False)
+    checks.tensor("fake", fake, floating=True, finite=False)
+    checks.same_shape("real", real, "fake", fake)
+    if real.ndim == 0 or len(real) == 0:
+        raise ValueError(f"real must have a batch dimension and at least one row, got shape "
+                         f"{tuple(real.shape)}")
+    if epsilon is None:
+        epsilon = torch.rand(len(real), device=real.device, dtype=real.dtype)
+    checks.tensor("epsilon", epsilon, floating=True, finite=False, ndim=1)
+    if len(epsilon) != len(real):
+        raise ValueError(f"epsilon must have one weight per row ({len(real)}), got "
+                         f"{len(epsilon)}")
+    weight = epsilon.to(real.dtype).view(-1, *[1] * (real.ndim - 1))
+    mixed = (weight * real.detach() + (1 - weight) * fake.detach()).requires_grad_(True)
+    scores = critic(mixed)
+    if not isinstance(scores, torch.Tensor) or scores.numel() != len(real):
+        raise ValueError(f"critic must return one score per row ({len(real)}), got "
+                         f"{getattr(scores, 'shape', type(scores).__name__)}")
+    (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
 # --- Chapter 5: diffusion and flow matching ----------------------------------------------------

@@ -1,7 +1,7 @@
 """Evaluation metrics used across chapters: accuracy; the likelihood estimates of the VAE chapter
-(chapter 3); the Fréchet distance and the mode coverage of the GAN chapter (chapter 4);
-calibration and bootstrap intervals (chapters 8, 9, 12); chrF, exact match and semantic
-similarity of generated answers (chapter 8)."""
+(chapter 3); the Fréchet distance, the mode coverage and the improved precision and recall of
+the GAN chapter (chapter 4); calibration and bootstrap intervals (chapters 8, 9, 12); chrF, exact
+match and semantic similarity of generated answers (chapter 8)."""
 
 from __future__ import annotations
 
@@ -433,6 +433,82 @@ def mode_coverage(samples: torch.Tensor, centers: torch.Tensor, std: float,
     return ModeCoverage(modes_covered=int((counts >= min_count).sum()), n_modes=len(centers),
                         high_quality=float(good.double().mean()),
                         counts=tuple(int(c) for c in counts))
+
+
+@dataclass(frozen=True)
+class PrecisionRecall:
+    """The result of :func:`precision_recall`: ``precision`` (share of generated samples inside
+    the real manifold) and ``recall`` (share of real samples inside the generated manifold),
+    estimated with ``k`` nearest neighbours."""
+    precision: float
+    recall: float
+    k: int
+
+
+def knn_radii(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    r"""Distance from each row of ``features`` (``(N, d)``) to its ``k``-th nearest *other* row
+    (chapter 4): the radius of the ball that :func:`precision_recall` puts around each point.
+    Needs :math:`N > k`; float64 inside."""
+    checks.tensor("features", features, floating=True, ndim=2)
+    checks.positive_number("k", k, integer=True)
+    if len(features) <= k:
+        raise ValueError(f"features needs more than k={k} rows, got {len(features)}")
+    f = features.double().cpu()
+    radii = []
+    for start in range(0, len(f), chunk):   # the k+1-th smallest: the 1st is the point itself
+        dist = torch.cdist(f[start:start + chunk], f)
+        radii.append(dist.kthvalue(k + 1, dim=1).values)
+    return torch.cat(radii)
+
+
+def _inside_manifold(queries: torch.Tensor, points: torch.Tensor, radii: torch.Tensor,
+                     chunk: int) -> torch.Tensor:
+    """For each query: is it within ``radii[i]`` of some ``points[i]``?"""
+    inside = []
+    for start in range(0, len(queries), chunk):
+        dist = torch.cdist(queries[start:start + chunk], points)
+        inside.append((dist <= radii[None, :]).any(dim=1))
+    return torch.cat(inside)
+
+
+def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor, k: int = 3,
+                     chunk: int = 1024) -> PrecisionRecall:
+    r"""Improved precision and recall of a generative model (Kynkäänniemi et al. 2019;
+    chapter 4), from features of real samples :math:`\Phi_r` and generated samples
+    :math:`\Phi_g` (rows).
+
+    Each set approximates its manifold by a union of balls, one around every point
+    :math:`\phi` with radius :math:`\mathrm{NN}_k(\phi)`, the distance to its ``k``-th nearest
+    neighbour in the same set: :math:`f(\psi, \Phi) = 1` if
+    :math:`\lVert\psi - \phi\rVert_2 \le \mathrm{NN}_k(\phi)` for some :math:`\phi \in \Phi`.
+    Then
+
+    .. math:: \mathrm{precision} = \frac{1}{|\Phi_g|}\sum_{\psi\in\Phi_g} f(\psi, \Phi_r),
+              \qquad
+              \mathrm{recall} = \frac{1}{|\Phi_r|}\sum_{\phi\in\Phi_r} f(\phi, \Phi_g).
+
+    Precision asks whether generated samples look real (a generator that copies one mode
+    scores high); recall asks whether the real data is covered (a generator that smears its
+    samples everywhere scores high). The paper uses ``k = 3`` and equal set sizes; both
+    estimates depend on the set sizes, so compare values computed with equal sizes. Float64
+    inside; ``chunk`` rows of distances at a time.
+    """
+    checks.tensor("real_features", real_features, floating=True, ndim=2)
+    checks.tensor("fake_features", fake_features, floating=True, ndim=2)
+    if real_features.shape[1] != fake_features.shape[1]:
+        raise ValueError(f"real_features and fake_features must have the same number of "
+                         f"columns (features), got {real_features.shape[1]} and "
+                         f"{fake_features.shape[1]}")
+    checks.positive_number("k", k, integer=True)
+    checks.positive_number("chunk", chunk, integer=True)
+    for name, value in (("real_features", real_features), ("fake_features", fake_features)):
+        if len(value) <= k:
+            raise ValueError(f"{name} needs more than k={k} rows, got {len(value)}")
+    real, fake = real_features.double().cpu(), fake_features.double().cpu()
+    precision = _inside_manifold(fake, real, knn_radii(real, k, chunk), chunk)
+    recall = _inside_manifold(real, fake, knn_radii(fake, k, chunk), chunk)
+    return PrecisionRecall(precision=float(precision.double().mean()),
+                           recall=float(recall.double().mean()), k=k)
 
 
 # --- Spreads: bootstrap intervals over a test set (chapters 8, 9, 12) -----------------------------

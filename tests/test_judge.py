@@ -61,3 +61,25 @@ def test_floor_is_far_below_independent_pixels(trained):
 def test_bad_input_names_the_argument(trained, call, message):
     with pytest.raises((TypeError, ValueError), match=message):
         call(trained)
+
+
+def test_mnist_judge_on_a_local_stand_in(monkeypatch):
+    """dataset="mnist" trains on MNIST's splits (here a stand-in: no network in tests)."""
+    def stand_in(split):
+        n = 300 if split == "train" else 100
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        y = torch.arange(n) % 10
+        x = 0.1 * torch.rand(n, 28 * 28, generator=g)
+        x[torch.arange(n), y * 78] = 1.0            # one bright pixel per class
+        return x, y
+
+    monkeypatch.setattr(data, "mnist", stand_in)
+    j = judge.train_judge(seed=0, epochs=20, dataset="mnist")
+    assert j.dataset == "mnist" and j.test_accuracy > 0.9
+    (x_a, _), (x_b, _) = judge.heldout_halves("mnist")
+    assert len(x_a) == len(x_b) == 50
+    assert judge.floor(j) == judge.frechet_to_heldout(j, x_a) > 0
+    with pytest.raises(ValueError, match=r"images must be \(N, 784\)"):
+        j.embed(torch.zeros(2, 64))
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        judge.train_judge(dataset="cifar")
