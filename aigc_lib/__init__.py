@@ -19,6 +19,8 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``classifier``  a classifier on a pretrained encoder, fully or with LoRA (peft), via ``fit``
 - ``augment``     simple text augmentation (random deletion, swap, typos), seeded
 - ``costs``       parameter counts, size on disk, latency and throughput
+- ``robust``      attacks in embedding space (FGM, PGD) and on words; adversarial training
+- ``continual``   learning new classes: masked softmax, replay, Fisher and EWC, adapters per batch
 """
 
 __version__ = "0.1.0"

@@ -118,16 +118,26 @@ class SentenceClassifier(torch.nn.Module):
         hidden = self.encoder(inputs_embeds=vectors, attention_mask=mask).last_hidden_state
         return self._logits(hidden, mask)
 
-    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
+    def hidden_states(self, ids: torch.Tensor | None, mask: torch.Tensor, layer: int,
+                      vectors: torch.Tensor | None = None) -> torch.Tensor:
         """The output ``(N, T', H)`` of the embedding layer followed by the first ``layer``
         transformer layers (``layer = 0``: the embedding layer alone), with the padding columns
-        that no message uses dropped (``T' <= T``; slice ``mask`` to match)."""
-        checks.tensor("ids", ids, ndim=2)
-        _check_mask(mask, ids)
-        layer = self._layer("layer", layer)
-        ids, mask = encoders.trim(ids, mask)
-        hidden = self.bert.embeddings(input_ids=ids)
-        bert = self.bert
+        that no message uses dropped (``T' <= T``; slice ``mask`` to match). Give token
+        ``ids``, or ``ids=None`` and the word ``vectors`` (:meth:`word_vectors`)."""
+        if (ids is None) == (vectors is None):
+            raise TypeError("give exactly one of ids and vectors")
+        if ids is not None:
+            checks.tensor("ids", ids, ndim=2)
+        else:
+            checks.tensor("vectors", vectors, floating=True, finite=False, ndim=3)
+        _check_mask(mask, ids if ids is not None else vectors)
+        layer, bert = self._layer("layer", layer), self.bert
+        if ids is not None:
+            ids, mask = encoders.trim(ids, mask)
+            hidden = bert.embeddings(input_ids=ids)
+        else:
+            vectors, mask = encoders.trim(vectors, mask)
+            hidden = bert.embeddings(inputs_embeds=vectors)
         return run_layers(bert.encoder.layer[:layer], hidden, mask, bert.config)
 
     def forward_from(self, hidden: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
@@ -143,13 +153,16 @@ class SentenceClassifier(torch.nn.Module):
         return self._logits(hidden, mask)
 
     def freeze_below(self, layer: int) -> SentenceClassifier:
-        """Freeze the embedding layer and the first ``layer`` transformer layers; they also stay
-        in eval mode (no dropout) when the model trains, so that their outputs are the ones
+        """Freeze the embedding layer and the first ``layer`` transformer layers (and BERT's
+        pooler, which mean pooling never uses); they also stay in eval mode (no dropout) when the
+        model trains, so that their outputs are the ones
         :meth:`hidden_states` computes once and a :class:`LayerCache` keeps. Returns ``self``."""
         layer = self._layer("layer", layer)
         bottom = [self.bert.embeddings, *self.bert.encoder.layer[:layer]]
         for module in bottom:
             module.requires_grad_(False).eval()
+        if getattr(self.bert, "pooler", None) is not None:  # mean pooling never uses it
+            self.bert.pooler.requires_grad_(False)
         self.frozen_below = layer
         return self
 

@@ -129,6 +129,28 @@ def _check_attack_args(epsilon: object, steps: object, step_size: object) -> Non
     checks.positive_number("epsilon", epsilon, allow_zero=True)
 
 
+def _clean_loss_and_gradient(model: torch.nn.Module, vectors: torch.Tensor,
+                             mask: torch.Tensor,
+                             labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean cross-entropy and its gradient with respect to the word vectors.
+
+    When the model's bottom is frozen (``frozen_below = k``) and the word vectors need no
+    gradient, the loss is taken from the frozen bottom's detached output, and the gradient is
+    carried through the bottom by hand: the training step's backward pass then stops at
+    layer ``k`` instead of running through the frozen layers a second time (same values)."""
+    k = getattr(model, "frozen_below", None) or 0
+    zero = torch.zeros_like(vectors, requires_grad=True)
+    if k == 0 or vectors.requires_grad:
+        clean = F.cross_entropy(model.forward_embeddings(vectors + zero, mask), labels)
+        return clean, torch.autograd.grad(clean, zero, retain_graph=True)[0]
+    hidden = model.hidden_states(None, mask, k, vectors=vectors + zero)
+    top = hidden.detach().requires_grad_(True)
+    clean = F.cross_entropy(model.forward_from(top, mask[:, :top.shape[1]], k), labels)
+    (grad_top,) = torch.autograd.grad(clean, top, retain_graph=True)
+    (grad,) = torch.autograd.grad(hidden, zero, grad_top)
+    return clean, grad
+
+
 def adversarial_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                      labels: torch.Tensor, *, epsilon: float, steps: int = 1,
                      step_size: float | None = None,
@@ -156,15 +178,13 @@ def adversarial_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
     device = vectors.device
     eps = epsilon * message_norms(vectors.detach(), mask)
     before = _rng_state(device)
-    zero = torch.zeros_like(vectors, requires_grad=True)
-    clean = F.cross_entropy(model.forward_embeddings(vectors + zero, mask), labels)
+    clean, grad = _clean_loss_and_gradient(model, vectors, mask, labels)
     after = _rng_state(device)
 
     def loss_at(delta: torch.Tensor) -> torch.Tensor:
         _set_rng_state(device, before)
         return F.cross_entropy(model.forward_embeddings(vectors.detach() + delta, mask), labels)
 
-    (grad,) = torch.autograd.grad(clean, zero, retain_graph=True)
     delta = _perturbation(loss_at, grad, mask, eps, steps, step_size)
     _set_rng_state(device, before)
     adv = F.cross_entropy(model.forward_embeddings(vectors + delta, mask), labels)
@@ -175,13 +195,13 @@ def adversarial_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
 
 def embedding_attack(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                      labels: torch.Tensor, epsilons: Sequence[float], *, steps: int = 1,
-                     step_size: float | None = None, batch_size: int = 64) -> torch.Tensor:
+                     step_size: float | None = None, batch_size: int = 32) -> torch.Tensor:
     r"""White-box attack in embedding space: the model's answers ``(len(epsilons), N)`` when each
     message's word vectors are moved by a perturbation of budget :math:`\epsilon \times
     \lVert E_n\rVert_2` for each ``epsilon``: the fast gradient method when ``steps = 1`` (one
     gradient per message serves every budget), L2 PGD otherwise (:func:`adversarial_loss`
     explains both). The model runs in eval mode (no dropout); ``epsilon = 0`` gives its plain
-    answers.
+    answers. Messages are attacked in batches of similar length (less padding).
     """
     if isinstance(epsilons, (str, bytes)) or not isinstance(epsilons, Sequence) or not epsilons:
         raise TypeError("epsilons must be a non-empty sequence of numbers")
@@ -190,15 +210,19 @@ def embedding_attack(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
     checks.tensor("labels", labels, ndim=1)
     checks.positive_number("batch_size", batch_size, integer=True)
     device = next(model.parameters()).device
+    order = torch.argsort(mask.sum(1), stable=True)
     was_training, out = model.training, []
     model.eval()
     try:
         for s in range(0, len(ids), batch_size):
-            batch = (t[s:s + batch_size].to(device) for t in (ids, mask, labels))
+            rows = order[s:s + batch_size]
+            batch = (t[rows].to(device) for t in (ids, mask, labels))
             out.append(_attack_batch(model, *batch, epsilons, steps, step_size))
     finally:
         model.train(was_training)
-    return torch.cat(out, dim=1)
+    answers = torch.empty(len(epsilons), len(ids), dtype=torch.int64)
+    answers[:, order] = torch.cat(out, dim=1)
+    return answers
 
 
 def _attack_batch(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
@@ -258,15 +282,20 @@ class EditAttack:
         return float(((self.edits >= 1) & (self.edits <= budget)).sum() / right.sum())
 
 
+def _sample(options: list[str], k: int | None, key: str) -> list[str]:
+    return random.Random(key).sample(options, k) if k and len(options) > k else options
+
+
 def greedy_edit_attack(texts: Sequence[str], labels: torch.Tensor,
                        predict_proba: Callable[[list[str]], torch.Tensor], budget: int, *,
                        candidates: int | None = None, seed: int = 0) -> EditAttack:
     """Black-box word-level attack (chapter 10): for each message the model answers right, up to
     ``budget`` rounds; each round asks ``predict_proba`` (texts -> ``(N, C)`` probabilities)
     about the single edits of the current message (:func:`aigc_lib.augment.single_edits`; a
-    random sample of ``candidates`` of them when given), keeps the one that gives the right
-    answer the lowest probability, and stops when the answer is wrong. The messages still in
-    play are queried together, one call per round.
+    random sample of ``candidates`` of them when given, drawn from ``seed``, the message's
+    position and the round, so that two models attacked alike are asked about the same edits),
+    keeps the one that gives the right answer the lowest probability, and stops when the answer
+    is wrong. The messages still in play are queried together, one call per round.
     """
     texts = list(texts)
     checks.tensor("labels", labels, ndim=1)
@@ -276,7 +305,6 @@ def greedy_edit_attack(texts: Sequence[str], labels: torch.Tensor,
     checks.positive_number("budget", budget, integer=True)
     if candidates is not None:
         checks.positive_number("candidates", candidates, integer=True)
-    rng = random.Random(seed)
     labels = labels.cpu()
     first = torch.as_tensor(predict_proba(texts)).argmax(1).cpu()
     edits = torch.where(first == labels, -1, 0)
@@ -285,8 +313,8 @@ def greedy_edit_attack(texts: Sequence[str], labels: torch.Tensor,
     for round_ in range(1, budget + 1):
         live = [n for n in range(len(texts)) if edits[n] == -1]
         options = {n: augment.single_edits(current[n]) for n in live}
-        options = {n: (rng.sample(o, candidates) if candidates and len(o) > candidates else o)
-                   for n, o in options.items() if o}
+        options = {n: _sample(o, candidates, f"{seed}/{n}/{round_}") for n, o in options.items()
+                   if o}
         if not options:
             break
         flat = [t for o in options.values() for t in o]

@@ -235,7 +235,11 @@ def test_freeze_below_freezes_the_bottom_and_keeps_it_in_eval_mode():
     model = classifier.SentenceClassifier(dropout_bert(), 3).freeze_below(2)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.",
-                                        "encoder.encoder.layer.1.")) for n in frozen)
+                                        "encoder.encoder.layer.1.", "encoder.pooler."))
+                          for n in frozen)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters()
+        if n.startswith(("encoder.encoder.layer.2.", "head."))}
     assert all(p.requires_grad for n, p in model.named_parameters()
                if n.startswith(("encoder.encoder.layer.2.", "head.")))
     model.train()

@@ -223,3 +223,48 @@ def test_reword_keeps_the_message_inside_each_frame():
 def test_bad_input(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+def frozen_bottom_classifier():
+    model = tiny_classifier(dropout=0.1)
+    return model.freeze_below(1)
+
+
+def test_frozen_bottom_shortcut_gives_the_same_loss_and_gradients():
+    ids, mask, labels = toy_batch()
+    results = []
+    for shortcut in (True, False):
+        model = frozen_bottom_classifier()
+        model.train()
+        if not shortcut:
+            model.frozen_below = None  # same frozen weights, the generic route
+        torch.manual_seed(3)
+        loss, terms = robust.adversarial_loss(model, ids, mask, labels, epsilon=0.2)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((loss.item(), terms["adv_loss"].item(), grads))
+    (l1, a1, g1), (l2, a2, g2) = results
+    assert l1 == pytest.approx(l2, abs=1e-6) and a1 == pytest.approx(a2, abs=1e-6)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(g1, g2))
+
+
+def test_zero_epsilon_on_a_frozen_bottom_equals_training_on_cached_layers():
+    """Chapter 10's setting: plain training reads cached layer outputs, adversarial training
+    reads token ids; with epsilon = 0 they take the same steps."""
+    ids, mask, labels = toy_batch(32)
+    cached = frozen_bottom_classifier()
+    with torch.no_grad():
+        hidden = cached.hidden_states(ids, mask, 1)
+    cached_loss = lambda m, h, k, y: F.cross_entropy(m.forward_from(h, k, 1), y)
+    runs = []
+    for model, data, loss_fn in (
+            (cached, (hidden, mask[:, :hidden.shape[1]], labels), cached_loss),
+            (frozen_bottom_classifier(), (ids, mask, labels),
+             functools.partial(robust.adversarial_loss, epsilon=0.0))):
+        history = classifier.train_with_loss(model, data, loss_fn=loss_fn, epochs=3,
+                                             batch_size=8, lr=3e-3, seed=2, device="cpu",
+                                             lengths=mask.sum(1))
+        runs.append((model, history.step_losses))
+    assert runs[0][1] == pytest.approx(runs[1][1], abs=1e-6)
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
