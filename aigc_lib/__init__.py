@@ -29,6 +29,8 @@ One module per concept, each imported explicitly (``from aigc_lib import losses`
 - ``memory``      bytes to train and to serve a model: weights, gradients, Adam, activations
 - ``decoding``    distinct n-grams of samples, speculative decoding
 - ``scaling``     a sweep of small GPTs, a fitted scaling law, its frontier and forecast, CPU MFU
+- ``robust``      attacks in embedding space (FGM, PGD) and on words; adversarial training
+- ``continual``   learning new classes: masked softmax, replay, Fisher and EWC, adapters per batch
 """
 
 import logging as _logging

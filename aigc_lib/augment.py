@@ -5,6 +5,10 @@ external resource: **random deletion** of words, **random swap** of two words, a
 (two neighbouring letters exchanged inside a word). Synonym replacement, EDA's fourth edit, needs
 a thesaurus, which does not ship offline; it is left out. Everything is deterministic under a
 seed.
+
+Chapter 10's black-box attack enumerates the same edits (:func:`single_edits`), and chapters 10
+and 12 ask whether a model keeps its answer when a message is reworded without changing what it
+asks for (:func:`reword`).
 """
 
 from __future__ import annotations
@@ -86,3 +90,52 @@ def augment_dataset(texts: Sequence[str], labels: torch.Tensor | Sequence[int], 
     for _ in range(copies):
         out += [augment_text(t, rng, **edits) for t in texts]
     return out, labels.to(torch.int64).repeat(1 + copies)
+
+
+def _typo(word: str, i: int) -> str:
+    return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+
+
+def single_edits(text: str) -> list[str]:
+    """Every distinct message one edit of :func:`augment_text` away from ``text`` (chapter 10):
+    one word deleted (when there are two or more), two words swapped, or two neighbouring inner
+    letters exchanged in a word of four or more characters. Words are split on whitespace and
+    joined by single spaces; ``text`` itself is never among them."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    words = text.split()
+    out: list[list[str]] = []
+    if len(words) > 1:
+        out += [words[:i] + words[i + 1:] for i in range(len(words))]
+    out += [[*words[:i], words[j], *words[i + 1:j], words[i], *words[j + 1:]]
+            for i in range(len(words)) for j in range(i + 1, len(words))]
+    out += [[*words[:k], _typo(w, i), *words[k + 1:]] for k, w in enumerate(words)
+            if len(w) >= 4 for i in range(1, len(w) - 2)]
+    same = " ".join(words)
+    return [e for e in dict.fromkeys(" ".join(w) for w in out) if e != same]
+
+
+# Frames that a ticketing system might wrap around a message: none of their words occurs in the
+# training messages of any class (chapter 12 checks it), so they carry no information about the
+# label and a router's answer should not move.
+NEUTRAL_FRAMES = {"forwarded": "Forwarded message: {}",
+                  "helpdesk": "{} (received via helpdesk portal)"}
+REWORDINGS = ("lower case", "no final punctuation", *NEUTRAL_FRAMES, "small edits")
+
+
+def reword(text: str, how: str, seed: int = 0) -> str:
+    """``text`` reworded without changing what it asks for (chapters 10 and 12): ``"lower
+    case"``; ``"no final punctuation"`` (a final ``?``, ``!`` or ``.`` removed); a
+    :data:`NEUTRAL_FRAMES` frame around it; or ``"small edits"`` (:func:`augment_text` with
+    ``seed``: a dropped word, two swapped, a typo; these can change the meaning)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if how == "lower case":
+        return text.lower()
+    if how == "no final punctuation":
+        return text.rstrip().rstrip("?!.").rstrip() or text
+    if how in NEUTRAL_FRAMES:
+        return NEUTRAL_FRAMES[how].format(text)
+    if how == "small edits":
+        return augment_text(text, seed)
+    raise ValueError(f"how must be one of {REWORDINGS}, got {how!r}")

@@ -66,7 +66,7 @@ def test_lora_starts_equal_to_the_base_model_and_trains_only_adapters_and_head()
     ids, mask, _ = toy_batch()
     with torch.no_grad():
         before = model(ids, mask)
-    classifier.add_lora(model, r=4, alpha=8, target_modules=("query", "value"))
+    classifier.add_lora(model, r=4, alpha=8, targets=("query", "value"))
     with torch.no_grad():
         assert torch.allclose(model(ids, mask), before, atol=1e-6)  # B = 0 at the start
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -89,7 +89,7 @@ def test_lora_layer_computes_w_plus_scaled_b_a():
 
 def test_lora_targets_may_name_the_end_of_a_dotted_module_name():
     model = classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), r=2,
-                              target_modules=("intermediate.dense", "output.dense"))
+                                targets=("intermediate.dense", "output.dense"))
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if "lora_A" in n}
     assert len(adapted) == 2 * 3  # per layer: intermediate, attention output, output
     assert not any("pooler" in n for n in adapted)
@@ -98,14 +98,25 @@ def test_lora_targets_may_name_the_end_of_a_dotted_module_name():
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"r": 0}, ValueError, "r must be > 0"),
     ({"dropout": 1.0}, ValueError, "dropout must be in"),
-    ({"target_modules": "query"}, TypeError, "target_modules must be"),
-    ({"target_modules": ("nope",)}, ValueError, r"\['nope'\] are not modules"),
+    ({"r": 2.5}, TypeError, "r must be"),
+    ({"alpha": -1.0}, ValueError, "alpha must be > 0"),
+    ({"targets": "query"}, TypeError, "targets must be a non-empty sequence"),
+    ({"targets": ()}, TypeError, "targets must be a non-empty sequence"),
+    ({"targets": ("nope",)}, ValueError, r"\['nope'\] are not modules"),
 ])
-def test_add_lora_bad_input(kwargs, error, words):
+def test_add_lora_bad_input_raises_before_anything_is_frozen(kwargs, error, words):
+    model = classifier.SentenceClassifier(tiny_bert(), 3)
     with pytest.raises(error, match=words):
-        classifier.add_lora(classifier.SentenceClassifier(tiny_bert(), 3), **kwargs)
+        classifier.add_lora(model, **kwargs)
+    assert all(p.requires_grad for p in model.parameters())  # nothing frozen, nothing wrapped
+    assert not hasattr(model.encoder, "peft_config")
     with pytest.raises(TypeError, match="model must be a SentenceClassifier"):
         classifier.add_lora(tiny_bert())
+    with pytest.raises(TypeError):
+        classifier.add_lora(model, 4)  # keyword-only
+    classifier.add_lora(model, r=2)
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        classifier.add_lora(model, r=2)
 
 
 def test_train_classifier_learns_a_toy_task_and_is_seeded():
@@ -209,3 +220,138 @@ def test_classifier_bad_input():
         classifier.SentenceClassifier(tiny_bert(), 1)
     with pytest.raises(TypeError, match="config.hidden_size"):
         classifier.SentenceClassifier(torch.nn.Linear(2, 2), 3)
+
+
+def dropout_bert(seed=0, layers=3):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=16, hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.1)
+    return BertModel(config).eval()
+
+
+def test_forward_from_any_layer_and_from_word_vectors_equal_forward():
+    model = classifier.SentenceClassifier(dropout_bert(), 3).eval()
+    ids, mask, _ = toy_batch()
+    with torch.no_grad():
+        expected = model(ids, mask)
+        for layer in range(model.num_layers + 1):
+            hidden = model.hidden_states(ids, mask, layer)
+            got = model.forward_from(hidden, mask[:, :hidden.shape[1]], layer)
+            assert torch.allclose(got, expected, atol=1e-5), layer
+        vectors = model.word_vectors(ids)
+        assert torch.allclose(model.forward_embeddings(vectors, mask), expected, atol=1e-6)
+        assert torch.equal(vectors, model.encoder.embeddings.word_embeddings(ids))
+
+
+def test_forward_from_works_through_lora():
+    model = classifier.add_lora(classifier.SentenceClassifier(dropout_bert(), 3), r=2).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+        ids, mask, _ = toy_batch()
+        hidden = model.hidden_states(ids, mask, 1)
+        assert torch.allclose(model.forward_from(hidden, mask[:, :hidden.shape[1]], 1),
+                              model(ids, mask), atol=1e-5)
+
+
+def test_freeze_below_freezes_the_bottom_and_keeps_it_in_eval_mode():
+    model = classifier.SentenceClassifier(dropout_bert(), 3).freeze_below(2)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.",
+                                        "encoder.encoder.layer.1.", "encoder.pooler."))
+                          for n in frozen)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters()
+        if n.startswith(("encoder.encoder.layer.2.", "head."))}
+    assert all(p.requires_grad for n, p in model.named_parameters()
+               if n.startswith(("encoder.encoder.layer.2.", "head.")))
+    model.train()
+    assert not model.encoder.embeddings.training
+    assert not any(m.training for layer in model.encoder.encoder.layer[:2]
+                   for m in layer.modules())
+    assert model.encoder.encoder.layer[2].training and model.head.training
+    ids, mask, _ = toy_batch()
+    with torch.no_grad():
+        h1, h2 = model.hidden_states(ids, mask, 2), model.hidden_states(ids, mask, 2)
+    assert torch.equal(h1, h2)  # no dropout below the frozen line, even in train mode
+    with pytest.raises(ValueError, match=r"layer must be in \[0, 3\]"):
+        model.freeze_below(4)
+
+
+def test_layer_cache_pads_per_call_and_computes_each_text_once():
+    class Tok:
+        def __call__(self, texts, **kwargs):
+            ids = [[1] + [5 + len(w) for w in t.split()] + [2] for t in texts]
+            width = max(map(len, ids))
+            return {"input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                    "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i))
+                                                    for i in ids])}
+    model = classifier.SentenceClassifier(dropout_bert(), 3).freeze_below(2).eval()
+    cache = classifier.LayerCache(model, Tok(), 2)
+    texts = ["a bb ccc", "dddd", "a bb ccc ee ff"]
+    hidden, mask = cache(texts)
+    assert hidden.shape == (3, 7, 16) and mask.sum(1).tolist() == [5, 3, 7]
+    ids, full_mask = encoders.tokenize(Tok(), texts)
+    with torch.no_grad():
+        direct = model.hidden_states(ids, full_mask, 2)
+        assert torch.allclose(hidden * mask[..., None], direct * full_mask[..., None],
+                              atol=1e-5)
+        assert torch.allclose(model.forward_from(hidden, mask, 2), model(ids, full_mask),
+                              atol=1e-5)
+    cache(["dddd", "g"])
+    assert len(cache.store) == 4
+
+
+def test_train_with_loss_equals_train_classifier_with_the_same_order():
+    ids, mask, labels = toy_batch(48)
+    histories, models = [], []
+    for use_generic in (False, True):
+        model = classifier.SentenceClassifier(tiny_bert(), 3, normalize=False)
+        if use_generic:
+            h = classifier.train_with_loss(model, (ids, mask, labels),
+                                           loss_fn=classifier.cross_entropy_loss, epochs=3,
+                                           batch_size=16, lr=3e-3, seed=3, device="cpu")
+        else:
+            h = classifier.train_classifier(model, ids, mask, labels, epochs=3,
+                                            batch_size=16, lr=3e-3, seed=3, bucket=False,
+                                            device="cpu")
+        histories.append(h.step_losses)
+        models.append(model)
+    assert histories[0] == pytest.approx(histories[1], abs=1e-6)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_train_with_loss_buckets_lengths_and_gives_the_head_its_own_rate():
+    ids, mask, labels = toy_batch(40)
+    model = classifier.SentenceClassifier(tiny_bert(), 3, normalize=False)
+    before = model.encoder.encoder.layer[0].output.dense.weight.detach().clone()
+    head_before = model.head.weight.detach().clone()
+    history = classifier.train_with_loss(
+        model, (ids, mask, labels), loss_fn=classifier.cross_entropy_loss, epochs=3,
+        batch_size=16, lr=1e-9, head_lr=1e-2, lengths=mask.sum(1), warmup=0.0, device="cpu")
+    assert len(history.step_losses) == 3 * (40 // 16)  # the incomplete batch is dropped
+    moved = (model.encoder.encoder.layer[0].output.dense.weight - before).abs().max()
+    assert moved < 1e-6 and (model.head.weight - head_before).abs().max() > 1e-3
+    assert not model.training
+
+
+def test_train_with_loss_bad_input():
+    ids, mask, labels = toy_batch()
+    model = classifier.SentenceClassifier(tiny_bert(), 3)
+    loss = classifier.cross_entropy_loss
+    with pytest.raises(TypeError, match="data must be a non-empty tuple"):
+        classifier.train_with_loss(model, [ids, mask, labels], loss_fn=loss, epochs=1)
+    with pytest.raises(ValueError, match="share their first dimension"):
+        classifier.train_with_loss(model, (ids, mask, labels[:-1]), loss_fn=loss, epochs=1)
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        classifier.train_with_loss(model, (ids, mask, labels), loss_fn=None, epochs=1)
+    with pytest.raises(ValueError, match="lengths must have one entry"):
+        classifier.train_with_loss(model, (ids, mask, labels), loss_fn=loss, epochs=1,
+                                   lengths=mask.sum(1)[:3])
+    with pytest.raises(ValueError, match="head_lr must be > 0"):
+        classifier.train_with_loss(model, (ids, mask, labels), loss_fn=loss, epochs=1,
+                                   head_lr=0.0)
