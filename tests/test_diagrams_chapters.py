@@ -230,3 +230,14 @@ def test_decision_flow_counts_the_records():
     assert "1 of 3 with training seconds,\n1 with inference seconds" in drawn
     with pytest.raises(TypeError, match="Comparison"):
         verdict.decision_flow({"x": ["not a comparison"]})
+
+
+def test_router_methods_draws_the_counts_it_is_given():
+    counts = {"TF-IDF + LR": 1234, "full fine-tuning": 22_700_000, "LoRA": 13_058}
+    drawn = texts(router.methods(counts))
+    assert all(count in drawn for count in ("1,234", "22,700,000", "13,058"))
+    assert "majority class" not in drawn                       # only the methods given
+    with pytest.raises(ValueError, match="unknown methods"):
+        router.methods({"GPT-4": 1})
+    with pytest.raises(ValueError, match="non-negative int"):
+        router.methods({"LoRA": -1})

@@ -1,11 +1,11 @@
 """Diagrams of chapters 9 and 10: the router as a pipeline (text → tokens → encoder → pooled
-vector → head → class) with where LoRA sits, and, for the router in production, one step of
+vector → head → class) with where LoRA sits, what each routing method trains, and, for the router in production, one step of
 adversarial training on the word vectors and continual learning in stages of new intents
 (rehearsal and EWC)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
@@ -66,6 +66,53 @@ def pipeline(encoder_config, labels: Sequence[str], text: str, max_length: int,
          "(fitted on frozen vectors e)", fontsize=7.5, color=EDGE)
     note(ax, 4.8, 0.15, "cross-entropy of the logits against the team's label trains "
          "whatever is orange", fontsize=7.5, color=MUTED)
+    return fig
+
+
+METHOD_PARTS = {   # what each of chapter 9's routers is made of, left to right
+    "majority class": ("count labels", None, None),
+    "TF-IDF + LR": ("word counts (TF-IDF)", None, "head"),
+    "frozen MiniLM + LR": ("tokenizer", "encoder (frozen)", "head"),
+    "full fine-tuning": ("tokenizer", "encoder (trained)", "head"),
+    "LoRA": ("tokenizer", "encoder (frozen) + adapters", "head"),
+}
+
+
+def methods(trained: Mapping[str, int]) -> Figure:
+    r"""The routers of chapter 9 side by side, one row each: what turns a message into features
+    (word counts, or the pretrained encoder) and what trains (orange) or stays frozen (grey),
+    with the number of trained parameters of each as ``trained`` gives them (method name →
+    count, measured by the chapter with :func:`aigc_lib.costs.count_parameters`). The names
+    are those of :data:`METHOD_PARTS`; a subset may be drawn, in that order (chapter 9)."""
+    if not isinstance(trained, Mapping) or not trained:
+        raise ValueError("trained must map at least one method name to its trained parameters")
+    unknown = [m for m in trained if m not in METHOD_PARTS]
+    if unknown:
+        raise ValueError(f"trained names unknown methods {unknown}; expected some of "
+                         f"{list(METHOD_PARTS)}")
+    bad = {m: n for m, n in trained.items()
+           if isinstance(n, bool) or not isinstance(n, int) or n < 0}
+    if bad:
+        raise ValueError(f"trained must give non-negative int counts, got {bad}")
+    rows = [m for m in METHOD_PARTS if m in trained]
+    fig, ax = canvas(9.0, 0.55 * len(rows) + 0.6)
+    note(ax, 8.95, 0.55 * len(rows) + 0.35, "trained parameters", ha="right", fontsize=7.5)
+    for i, name in enumerate(rows):
+        y = 0.55 * (len(rows) - 1 - i) + 0.15
+        features, encoder, head = METHOD_PARTS[name]
+        note(ax, 0.05, y + 0.2, name, ha="left", fontsize=8, color=EDGE)
+        first = box(ax, 1.75, y, 1.55, 0.4, features,
+                    kind="model" if name == "majority class" else "frozen", fontsize=7)
+        last = first
+        if encoder is not None:
+            last = box(ax, 3.6, y, 2.0, 0.4, encoder, fontsize=7,
+                       kind="model" if "trained" in encoder else "frozen",
+                       dashed="adapters" in encoder)
+            arrow(ax, first.right, last.left)
+        if head is not None:
+            out = box(ax, 5.9, y, 1.1, 0.4, "head → class", kind="model", fontsize=7)
+            arrow(ax, last.right, out.left)
+        note(ax, 8.95, y + 0.2, f"{trained[name]:,}", ha="right", fontsize=8, color=ACCENT)
     return fig
 
 
