@@ -30,6 +30,19 @@ def tensor(name: str, value: object, *, floating: bool = False, finite: bool = T
     return value
 
 
+def token_ids(name: str, value: object, vocab_size: int) -> torch.Tensor:
+    """Return ``value`` if it is a 2-D int64 tensor of ids in ``[0, vocab_size)``, else raise
+    naming ``name`` and the ids outside (an embedding lookup would fail deep in torch)."""
+    tensor(name, value, ndim=2, finite=False)
+    if value.dtype != torch.long:
+        raise TypeError(f"{name} must hold int64 token ids, got dtype {value.dtype}")
+    outside = (value < 0) | (value >= vocab_size)
+    if bool(outside.any()):
+        raise ValueError(f"{name} must hold token ids in [0, {vocab_size}) (the model's "
+                         f"vocab_size), got {sorted(set(value[outside].tolist()))[:8]}")
+    return value
+
+
 def same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     """Raise unless ``a`` and ``b`` have the same shape."""
     if a.shape != b.shape:

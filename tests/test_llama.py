@@ -162,6 +162,8 @@ def test_bad_input():
         model(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(TypeError, match="int64"):
         model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"token ids in \[0, 10\).*\[10, 11\]"):
+        model(torch.tensor([[1, 10, 11]]))
     with pytest.raises(TypeError, match="LlamaForCausalLM"):
         llama.from_hf(gpt.GPT(gpt.GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=1,
                                             n_embd=4)))

@@ -168,14 +168,7 @@ class GPT(nn.Module):
         token, 0 for left padding; positions then count real tokens only, and no real token
         sees a padding token, so a padded row computes what it would compute alone.
         """
-        checks.tensor("idx", idx, ndim=2)
-        if idx.dtype != torch.long:
-            raise TypeError(f"idx must hold int64 token ids, got dtype {idx.dtype}")
-        vocab = self.config.vocab_size
-        outside = (idx < 0) | (idx >= vocab)
-        if bool(outside.any()):
-            raise ValueError(f"idx must hold token ids in [0, {vocab}) (the model's vocab_size), "
-                             f"got {sorted(set(idx[outside].tolist()))[:8]}")
+        checks.token_ids("idx", idx, self.config.vocab_size)
         B, T = idx.shape
         past = 0
         if cache is not None:

@@ -211,9 +211,7 @@ class Llama(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        checks.tensor("idx", idx, ndim=2, finite=False)
-        if idx.dtype != torch.long:
-            raise TypeError(f"idx must hold int64 token ids, got dtype {idx.dtype}")
+        checks.token_ids("idx", idx, self.config.vocab_size)
         T = idx.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"idx has {T} positions but the model's block_size is "
