@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -76,11 +77,21 @@ def read_notebook(md: Path):
 
 def execute(md: Path, timeout: int) -> tuple[str, object, float, str | None]:
     """Run one chapter in its folder (in a worker process); returns (name, notebook, seconds,
-    error text or None)."""
+    error text or None).
+
+    The kernel talks to this process over Unix sockets in a folder of its own (IPC transport),
+    not over TCP ports: two kernels started at once by two workers can pick the same free TCP
+    port, and a client then waits for a reply that went elsewhere (a chapter once stalled for
+    the whole cell timeout that way)."""
     from jupyter_cache.executors.utils import single_nb_execution
+    from jupyter_client.manager import KernelManager
 
     nb = read_notebook(md)
-    result = single_nb_execution(nb, cwd=str(md.parent), timeout=timeout, allow_errors=False)
+    with tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
+        km = KernelManager(kernel_name=nb.metadata.get("kernelspec", {}).get("name", "python3"),
+                           transport="ipc", ip=str(Path(sockets) / "k"))
+        result = single_nb_execution(nb, cwd=str(md.parent), timeout=timeout,
+                                     allow_errors=False, km=km)
     error = None if result.err is None else (result.exc_string or repr(result.err))
     return md.stem, nb, result.time, error
 
@@ -92,10 +103,9 @@ def previous_times() -> dict[str, float]:
         return {}
 
 
-def plan(mds: list[Path], cache) -> tuple[list[Path], dict[str, set[str]]]:
-    """Which chapters must run, and what each waits for."""
+def plan(mds: list[Path], cache, names: set[str]) -> tuple[list[Path], dict[str, set[str]]]:
+    """Which of ``mds`` must run, and what each waits for (``names``: every chapter)."""
     deps = {md.stem: dependencies(md) for md in mds}
-    names = {md.stem for md in mds}
     for name, needs in deps.items():
         unknown = needs - names
         if unknown:
@@ -180,13 +190,14 @@ def main() -> int:
     from jupyter_cache import get_cache
 
     mds = chapters()
+    names = {md.stem for md in mds}
     if args.only:
         unknown = set(args.only) - {md.stem for md in mds}
         if unknown:
             sys.exit(f"--only: {sorted(unknown)} are not chapters in _toc.yml")
         mds = [md for md in mds if md.stem in args.only]
     cache = get_cache(str(CACHE))
-    todo, deps = plan(mds, cache)
+    todo, deps = plan(mds, cache, names)
     skipped = [md.stem for md in mds if md not in todo]
     print(f"execute_book: {len(todo)} chapters to run with {args.jobs} workers; "
           f"{len(skipped)} cached: {' '.join(skipped) or '-'}", flush=True)
