@@ -324,6 +324,31 @@ def support_conversations(categories: str | Sequence[str] = SUPPORT_CATEGORIES
     return [item for c in categories for item in by_category[c]]
 
 
+def _shared_statement_groups(conversations: Sequence[Sequence[str]]) -> dict[int, list[int]]:
+    """Indices of ``conversations`` joined into groups (union–find) whenever two share a
+    normalised statement (:func:`normalise_message`), keyed by each group's root."""
+    parent = list(range(len(conversations)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, turns in enumerate(conversations):
+        for statement in turns:
+            key = normalise_message(statement)
+            if key in owner:
+                parent[root(i)] = root(owner[key])
+            else:
+                owner[key] = i
+    groups: dict[int, list[int]] = {}
+    for i in range(len(conversations)):
+        groups.setdefault(root(i), []).append(i)
+    return groups
+
+
 def support_dialogues(split: str = "train",
                       categories: str | Sequence[str] = SUPPORT_CATEGORIES,
                       fractions: Sequence[float] = SUPPORT_FRACTIONS,
@@ -360,26 +385,7 @@ def support_dialogues(split: str = "train",
                          f"got {tuple(fractions)}")
     conversations = [(c, turns) for c, turns in support_conversations(categories)
                      if len(turns) >= 2]
-    # union-find over conversations linked by a shared normalised statement
-    parent = list(range(len(conversations)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    owner: dict[str, int] = {}
-    for i, (_, turns) in enumerate(conversations):
-        for statement in turns:
-            key = normalise_message(statement)
-            if key in owner:
-                parent[root(i)] = root(owner[key])
-            else:
-                owner[key] = i
-    groups: dict[int, list[int]] = {}
-    for i in range(len(conversations)):
-        groups.setdefault(root(i), []).append(i)
+    groups = _shared_statement_groups([turns for _, turns in conversations])
     import random
 
     rng = random.Random(seed)

@@ -162,6 +162,22 @@ def _check_gan(generator: Any, discriminator: Any, g_optimizer: Any, d_optimizer
     return latent_dim
 
 
+def _real_batches(train: Any, batch_size: int, d_steps: int, seed: int, device: Any):
+    """The device, the (single) process, the real examples and their stream of batches: each
+    step draws ``d_steps`` batches of ``batch_size``, in a new seeded order each epoch."""
+    procs = engine.processes()
+    if procs.world > 1:
+        raise NotImplementedError("fit_gan trains in one process; under torchrun use fit, or "
+                                  "start one process")
+    dev = runtime.device(device) if device is not None else runtime.device()
+    examples = engine.Examples(train, "train")
+    if examples.size < batch_size:
+        raise ValueError(f"batch_size={batch_size} exceeds the {examples.size} training examples")
+    stream = engine.Stream(examples, batch_size, True, engine.shuffled(examples.size, seed), dev,
+                           procs, per_step=d_steps)
+    return dev, procs, examples, stream
+
+
 def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: Any, *,
             g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer, steps: int,
             batch_size: int = 64, d_steps: int = 1, saturating: bool = False,
@@ -209,17 +225,8 @@ def fit_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, train: A
     latent_dim = _check_gan(generator, discriminator, g_optimizer, d_optimizer, d_loss_fn,
                             g_loss_fn, evaluate, saturating, g_scheduler, d_scheduler, steps,
                             batch_size, d_steps, seed)
-    procs = engine.processes()
-    if procs.world > 1:
-        raise NotImplementedError("fit_gan trains in one process; under torchrun use fit, or "
-                                  "start one process")
-    dev = runtime.device(device) if device is not None else runtime.device()
+    dev, procs, examples, stream = _real_batches(train, batch_size, d_steps, seed, device)
     autocast = engine.autocast_for(dev, amp)
-    examples = engine.Examples(train, "train")
-    if examples.size < batch_size:
-        raise ValueError(f"batch_size={batch_size} exceeds the {examples.size} training examples")
-    stream = engine.Stream(examples, batch_size, True, engine.shuffled(examples.size, seed), dev,
-                           procs, per_step=d_steps)
     eval_every = max(1, stream.per_epoch // d_steps) if eval_every is None else \
         checks.positive_number("eval_every", eval_every, integer=True)
     generator.to(dev).train()
