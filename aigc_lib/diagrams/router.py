@@ -74,7 +74,7 @@ METHOD_PARTS = {   # what each of chapter 9's routers is made of, left to right
     "TF-IDF + LR": ("word counts (TF-IDF)", None, "head"),
     "frozen MiniLM + LR": ("tokenizer", "encoder (frozen)", "head"),
     "full fine-tuning": ("tokenizer", "encoder (trained)", "head"),
-    "LoRA": ("tokenizer", "encoder (frozen) + adapters", "head"),
+    "LoRA": ("tokenizer", "frozen encoder + trained adapters", "head"),
 }
 
 
