@@ -90,8 +90,12 @@ def execute(md: Path, timeout: int) -> tuple[str, object, float, str | None]:
     with tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
         km = KernelManager(kernel_name=nb.metadata.get("kernelspec", {}).get("name", "python3"),
                            transport="ipc", ip=str(Path(sockets) / "k"))
-        result = single_nb_execution(nb, cwd=str(md.parent), timeout=timeout,
-                                     allow_errors=False, km=km)
+        try:
+            result = single_nb_execution(nb, cwd=str(md.parent), timeout=timeout,
+                                         allow_errors=False, km=km)
+        finally:   # nbclient shuts down only the kernels it created itself
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     error = None if result.err is None else (result.exc_string or repr(result.err))
     return md.stem, nb, result.time, error
 
