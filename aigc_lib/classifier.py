@@ -473,7 +473,8 @@ class LayerCache:
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                    batch_size: int = 128) -> torch.Tensor:
-    """Logits ``(N, C)`` of ``model`` on tokenized messages, in eval mode, on the CPU."""
+    """Logits ``(N, C)`` of ``model`` on tokenized messages, in eval mode and without building
+    an autograd graph (inference only), on the CPU."""
     checks.tensor("ids", ids, ndim=2)
     checks.tensor("mask", mask, ndim=2)
     if ids.shape != mask.shape:
@@ -481,7 +482,7 @@ def predict_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
                          f"{tuple(mask.shape)}")
     checks.positive_number("batch_size", batch_size, integer=True)
     device = next(model.parameters()).device
-    with runtime.eval_mode(model):
+    with runtime.eval_mode(model), torch.no_grad():
         out = [model(ids[s:s + batch_size].to(device), mask[s:s + batch_size].to(device))
                .float().cpu() for s in range(0, len(ids), batch_size)]
     return torch.cat(out)

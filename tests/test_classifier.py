@@ -131,6 +131,7 @@ def test_train_classifier_learns_a_toy_task_and_is_seeded():
     assert history.last("train_loss") < 0.5 * history.records[0]["train_loss"]
     logits = classifier.predict_logits(model, ids, mask, batch_size=7)
     assert logits.shape == (48, 3) and not model.training
+    assert not logits.requires_grad   # inference only: no autograd graph is built
     assert (logits.argmax(1) == labels).float().mean() > 0.8
 
 
