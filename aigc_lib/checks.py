@@ -30,6 +30,21 @@ def tensor(name: str, value: object, *, floating: bool = False, finite: bool = T
     return value
 
 
+def class_indices(name: str, value: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+    """Return ``value`` if it holds integer class indices in ``[0, classes)`` (``>= 0`` when
+    ``classes`` is None), else raise naming ``name``: float or bool labels, or indices out of
+    range, would otherwise give silent wrong answers or fail deep in torch."""
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {value.dtype}")
+    if value.numel():
+        low, high = int(value.min()), int(value.max())
+        if low < 0 or (classes is not None and high >= classes):
+            where = ">= 0" if classes is None else f"in [0, {classes})"
+            raise ValueError(f"{name} must be class indices {where}, got values in "
+                             f"[{low}, {high}]")
+    return value
+
+
 def token_ids(name: str, value: object, vocab_size: int) -> torch.Tensor:
     """Return ``value`` if it is a 2-D int64 tensor of ids in ``[0, vocab_size)``, else raise
     naming ``name`` and the ids outside (an embedding lookup would fail deep in torch)."""

@@ -22,16 +22,11 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     if len(logits) != len(targets):
         raise ValueError(f"logits and targets must have the same length, got {len(logits)} and "
                          f"{len(targets)}")
-    classes = logits.shape[1]
-    if classes < 2:
+    if logits.shape[1] < 2:
         raise ValueError(f"logits must have one column per class and at least 2 classes, got "
                          f"shape {tuple(logits.shape)} (for one logit per row, compare "
                          f"(logits[:, 0] > 0) with the 0/1 targets)")
-    if targets.is_floating_point() or targets.dtype == torch.bool:
-        raise TypeError(f"targets must hold integer class indices, got dtype {targets.dtype}")
-    if len(targets) and not bool(((targets >= 0) & (targets < classes)).all()):
-        raise ValueError(f"targets must be class indices in [0, {classes}), got values in "
-                         f"[{targets.min().item()}, {targets.max().item()}]")
+    checks.class_indices("targets", targets, logits.shape[1])
     return (logits.argmax(dim=1) == targets).float().mean().item()
 
 
@@ -237,13 +232,10 @@ def macro_f1(targets: torch.Tensor, predictions: torch.Tensor,
     targets, predictions = torch.as_tensor(targets), torch.as_tensor(predictions)
     for name, value in (("targets", targets), ("predictions", predictions)):
         checks.tensor(name, value, ndim=1)
-        if value.is_floating_point():
-            raise TypeError(f"{name} must hold integer class indices, got {value.dtype}")
+        checks.class_indices(name, value)
     checks.same_shape("targets", targets, "predictions", predictions)
     if len(targets) == 0:
         raise ValueError("targets must not be empty")
-    if bool((targets < 0).any()) or bool((predictions < 0).any()):
-        raise ValueError("targets and predictions must be class indices >= 0")
     size = int(max(targets.max(), predictions.max())) + 1
     if num_classes is not None:
         checks.positive_number("num_classes", num_classes, integer=True)

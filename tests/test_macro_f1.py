@@ -33,6 +33,8 @@ def test_macro_f1_by_hand():
      ValueError, "outside num_classes"),
     (lambda: metrics.macro_f1(torch.tensor([0, -1]), torch.tensor([0, 1])), ValueError,
      ">= 0"),
+    (lambda: metrics.macro_f1(torch.tensor([0, 1]), torch.tensor([True, False])), TypeError,
+     "predictions must hold integer"),
     (lambda: metrics.macro_f1(torch.tensor([], dtype=torch.int64),
                               torch.tensor([], dtype=torch.int64)), ValueError, "empty"),
 ])
