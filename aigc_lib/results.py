@@ -217,7 +217,6 @@ class Comparison:
         low, high = self.difference_interval
         return high < 0 if self.lower_is_better else low > 0
 
-
     @property
     def loses_to_baseline_surely(self) -> bool | None:
         """Whether the interval of the difference lies entirely on the losing side of 0;
@@ -226,6 +225,7 @@ class Comparison:
             return None
         low, high = self.difference_interval
         return low > 0 if self.lower_is_better else high < 0
+
 
 def _finite(name: str, number: object) -> float:
     if isinstance(number, bool) or not isinstance(number, (int, float)):
