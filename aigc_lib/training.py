@@ -17,11 +17,13 @@ every step on the CPU where reading is free, every 25 on a GPU where it would st
 from __future__ import annotations
 
 import math
+import operator
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -108,12 +110,12 @@ class Examples:
         if self.size == 0:
             raise ValueError(f"{name} is empty")
         for i, t in enumerate(self.tensors or ()):   # once, here: never inside a step
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t.is_floating_point() and not checks.all_finite(t):
                 raise ValueError(f"{name} contains NaN or infinite values (tensor {i})")
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.tensors is not None:
-            return tuple(t[index] for t in self.tensors)
+            return tuple(map(operator.getitem, self.tensors, repeat(index)))  # t[index] each
         batch = default_collate([self.dataset[i] for i in index.tolist()])
         return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
@@ -387,8 +389,12 @@ def supervised_step(model: torch.nn.Module, loss_fn: Callable[..., LossOutput],
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def step(batch: tuple[torch.Tensor, ...], state: TrainState) -> Mapping[str, torch.Tensor]:
-        with autocast():
-            loss, extras = split_loss(loss_fn(model, *batch), "loss_fn")
+        if autocast is nullcontext:                   # no autocast: no context to enter
+            output = loss_fn(model, *batch)
+        else:
+            with autocast():
+                output = loss_fn(model, *batch)
+        loss, extras = split_loss(output, "loss_fn")
         state.watch("loss", loss)                     # checked before the update on the CPU
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
