@@ -356,3 +356,19 @@ def test_train_with_loss_bad_input():
     with pytest.raises(ValueError, match="head_lr must be > 0"):
         classifier.train_with_loss(model, (ids, mask, labels), loss_fn=loss, epochs=1,
                                    head_lr=0.0)
+
+
+def test_predict_logits_sorted_by_length_equals_one_padded_pass():
+    ids, mask, _ = toy_batch(40)
+    mask = mask.clone()
+    gen = torch.Generator().manual_seed(2)
+    lengths = torch.randint(2, mask.shape[1] + 1, (40,), generator=gen)
+    for row, length in enumerate(lengths.tolist()):   # messages of many lengths
+        mask[row, length:] = 0
+    model = classifier.SentenceClassifier(tiny_bert(), 3, normalize=False).eval()
+    with torch.no_grad():
+        one_pass = model(ids, mask)                   # every message padded to the widest
+    sorted_pass = classifier.predict_logits(model, ids, mask, batch_size=6)
+    assert torch.allclose(sorted_pass, one_pass, atol=1e-5), (sorted_pass - one_pass).abs().max()
+    with pytest.raises(ValueError, match="ids holds no message"):
+        classifier.predict_logits(model, ids[:0], mask[:0])
