@@ -252,9 +252,11 @@ class _LossLog:
     def __init__(self, history: History, interval: int, procs: Processes,
                  stop: Callable[[str, float, int], None], step: int):
         self.history, self.interval, self.procs, self.stop = history, interval, procs, stop
-        self.pending: list[tuple[int, str, torch.Tensor | float]] = []
+        self.pending: list[tuple[int, str, torch.Tensor]] = []
         self.sums: dict[str, torch.Tensor] = {}
         self.since, self.started = step, time.perf_counter()
+        self.last: tuple[int, str] | None = None       # the step and name kept last
+        self.count = 0                                  # how many values that mean holds
 
     def watch(self, step: int, name: str, loss: torch.Tensor) -> None:
         if self.interval > 1:
@@ -263,30 +265,37 @@ class _LossLog:
         value = loss.item() if self.procs.world == 1 else self._read([loss.detach()])[0]
         if not math.isfinite(value):
             self.stop(name, value, step)
-        self.pending.append((step, name, value))
+        self._keep(step, name, value)
 
-    def add(self, terms: Mapping[str, torch.Tensor]) -> None:
+    def end_step(self, step: int, terms: Mapping[str, torch.Tensor]) -> None:
+        """Add the step's extra ``terms``; every ``interval`` steps, read the losses of the
+        last ``interval`` steps."""
         for key, value in terms.items():
             self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
-
-    def end_step(self, step: int) -> None:
-        """Every ``interval`` steps, read the losses of the last ``interval`` steps."""
         if self.interval > 1 and step % self.interval == 0:
             self.flush()
 
     def flush(self) -> None:
         """Read the pending losses (one device synchronisation), check them, keep them."""
-        tensors = [v for _, _, v in self.pending if isinstance(v, torch.Tensor)]
-        read = iter(self._read(tensors) if tensors else [])
-        merged: dict[tuple[int, str], list[float]] = {}
-        for step, name, value in self.pending:
-            value = next(read) if isinstance(value, torch.Tensor) else value
+        if not self.pending:
+            return
+        values = self._read([v for _, _, v in self.pending])
+        for (step, name, _), value in zip(self.pending, values):
             if not math.isfinite(value):
                 self.stop(name, value, step)
-            merged.setdefault((step, name), []).append(value)   # d_steps > 1: their mean
-        for (_, name), values in merged.items():
-            getattr(self.history, self.history.LOSSES[name][0]).append(sum(values) / len(values))
+            self._keep(step, name, value)
         self.pending.clear()
+
+    def _keep(self, step: int, name: str, value: float) -> None:
+        """Append ``value`` to the history's list for ``name``; a second value of the same
+        step and name (``d_steps > 1``) joins the first in their mean."""
+        column = getattr(self.history, self.history.LOSSES[name][0])
+        if self.last == (step, name):
+            self.count += 1
+            column[-1] += (value - column[-1]) / self.count
+        else:
+            self.last, self.count = (step, name), 1
+            column.append(value)
 
     def means(self, step: int) -> dict[str, float]:
         """Mean of every loss and term since the last record; starts the next period."""
@@ -369,9 +378,9 @@ def run(state: TrainState, step: Step, stream: Stream, total: int, eval_every: i
     try:
         while state.step < total:
             batch = stream.for_step(state.step)        # this process's share, on the device
-            state.log.add(step(batch, state))          # forward, backward, optimizer steps
+            terms = step(batch, state)                 # forward, backward, optimizer steps
             state.step += 1
-            state.log.end_step(state.step)             # every sync_interval steps: NaN guard
+            state.log.end_step(state.step, terms)      # every sync_interval steps: NaN guard
             bar.update()
             if state.step % eval_every == 0 or state.step == total:
                 bar.set_postfix(record(state), refresh=False)
