@@ -47,7 +47,7 @@ class PreferencePairs:
                 self.ref_rejected)
 
     def reference_report(self) -> PairReport:
-        """:func:`evaluate_pairs` of the reference model itself, from the stored
+        r""":func:`evaluate_pairs` of the reference model itself, from the stored
         log-probabilities: reward margins 0, policy margins :math:`\log\pi_\text{ref}(y_w)
         - \log\pi_\text{ref}(y_l)`."""
         margin = (self.ref_chosen - self.ref_rejected).double()
