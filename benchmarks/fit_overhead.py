@@ -4,15 +4,19 @@ Both train the same MLP (from the same initial weights) on scikit-learn's digits
 number of steps, with the same optimiser and the same shuffled batch order, so they do the same
 arithmetic: the script checks that their final weights are identical. The two are timed in
 `--repeats` pairs of short runs, in the order hand/fit, fit/hand, hand/fit, ... (so that neither
-always runs second, on a cache the other warmed), and the script prints the median of the
-per-pair ratios with a bootstrap 95 % interval over the pairs:
+always runs second, on a cache the other warmed), in each of `--processes` fresh Python
+processes run one after the other, and the script prints the median of all the per-pair ratios
+with a bootstrap 95 % interval (processes resampled, then pairs within them):
 
-    ratio fit/hand-written: X.XX (95% interval A.AA-B.BB over N pairs)
+    ratio fit/hand-written: X.XX (95% interval A.AA-B.BB over N pairs in P processes)
 
 Many short pairs rather than a few long ones: on a shared machine the speed of the CPU drifts by
 tens of percent within seconds, and a pair measured within a fraction of a second sees one speed.
+Several processes: the median of one process moves by a few per cent from one process to the
+next (each lays out its memory differently), more than its pairs' spread suggests.
 
-Usage: python benchmarks/fit_overhead.py [--epochs 10] [--repeats 41] [--hidden 128] [--threads 1]
+Usage: python benchmarks/fit_overhead.py [--epochs 10] [--repeats 21] [--processes 4]
+       [--hidden 128] [--threads 1]
 
 By default PyTorch uses one CPU thread here, as the book's chapters do for their small models:
 with several threads, timings on a busy machine are dominated by threads waiting for each other.
@@ -21,8 +25,11 @@ with several threads, timings on a busy machine are dominated by threads waiting
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -77,30 +84,27 @@ def timed(run, hidden, x, y, args, dev):
     return (time.perf_counter() - start, time.process_time() - start_cpu), model, losses
 
 
-def median_interval(values: list[float], resamples: int = 2000,
+def median_interval(groups: list[list[float]], resamples: int = 2000,
                     seed: int = 0) -> tuple[float, float]:
-    """A percentile-bootstrap 95 % interval of the median of ``values``."""
+    """A percentile-bootstrap 95 % interval of the median of the pooled ``groups`` (the pairs
+    of each process): resample the processes, then the pairs within each, so that what varies
+    between processes counts as well as what varies between pairs."""
     rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values)))
-                     for _ in range(resamples))
+    medians = sorted(
+        statistics.median([r for g in rng.choices(groups, k=len(groups))
+                           for r in rng.choices(g, k=len(g))])
+        for _ in range(resamples))
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=41)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+def pairs(args: argparse.Namespace) -> list[tuple[float, float]]:
+    """``args.repeats`` pairs in this process: (wall-clock ratio, process-CPU ratio) each."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dev = runtime.device()
     x, y = data.digits("train")
-    print(runtime.describe())
     timed(hand_written, args.hidden, x, y, args, dev)  # warm-up: allocator, kernels, caches
-    ratios, cpu_ratios = [], []
+    out = []
     for i in range(args.repeats):
         first, second = (hand_written, with_fit) if i % 2 == 0 else (with_fit, hand_written)
         runs = {first: timed(first, args.hidden, x, y, args, dev),
@@ -110,17 +114,52 @@ def main() -> None:
         same = all(torch.equal(a, b) for a, b in zip(m_hand.state_dict().values(),
                                                      m_fit.state_dict().values()))
         assert same and l_hand == l_fit, "fit and the hand-written loop did different work"
-        ratios.append(t_fit / t_hand)
-        cpu_ratios.append(c_fit / c_hand)
-        print(f"pair {i + 1}: hand-written {t_hand:.3f} s, fit {t_fit:.3f} s, "
-              f"ratio {ratios[-1]:.3f} (process CPU time: {cpu_ratios[-1]:.3f})")
-    steps = args.epochs * -(-len(x) // args.batch_size)
+        out.append((t_fit / t_hand, c_fit / c_hand))
+    return out
+
+
+def in_fresh_processes(args: argparse.Namespace) -> list[list[tuple[float, float]]]:
+    """The pairs of ``args.processes`` fresh Python processes, run one after the other (each
+    process lays out its memory differently, which moves its median by a few per cent)."""
+    command = [sys.executable, __file__, "--worker", *(f"--{k.replace('_', '-')}={v}"
+               for k, v in vars(args).items() if k not in ("processes", "worker"))]
+    groups = []
+    for i in range(args.processes):
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        groups.append([tuple(p) for p in json.loads(out.splitlines()[-1])])
+        ratios = [r for r, _ in groups[-1]]
+        print(f"process {i + 1}: median ratio {statistics.median(ratios):.3f} over "
+              f"{len(ratios)} pairs (range {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
+    return groups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=21, help="pairs per process")
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(pairs(args)))
+        return
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    print(runtime.describe())
+    groups = in_fresh_processes(args) if args.processes > 1 else [pairs(args)]
+    steps = args.epochs * -(-len(data.digits("train")[0]) // args.batch_size)
     print(f"{steps} steps per run, identical weights and losses in every pair")
-    if dev.type == "cpu":  # CPU time is robust to other programs' load; meaningless with a GPU
-        print(f"median process-CPU-time ratio: {statistics.median(cpu_ratios):.2f}")
+    ratios = [[r for r, _ in g] for g in groups]
+    pooled = [r for g in ratios for r in g]
+    if runtime.device().type == "cpu":  # CPU time is meaningless with a GPU
+        cpu = statistics.median([c for g in groups for _, c in g])
+        print(f"median process-CPU-time ratio: {cpu:.2f}")
     low, high = median_interval(ratios)
-    print(f"ratio fit/hand-written: {statistics.median(ratios):.2f} "
-          f"(95% interval {low:.2f}-{high:.2f} over {len(ratios)} pairs)")
+    print(f"ratio fit/hand-written: {statistics.median(pooled):.2f} (95% interval "
+          f"{low:.2f}-{high:.2f} over {len(pooled)} pairs in {len(groups)} processes)")
 
 
 if __name__ == "__main__":
