@@ -433,6 +433,24 @@ def test_fit_gan_d_steps_and_saturating_and_packing():
     assert "d_real" not in history.records[-1]        # the custom loss returned no extras
 
 
+@pytest.mark.parametrize("sync_interval", [1, 4])
+def test_the_history_keeps_the_mean_of_each_steps_d_losses(sync_interval):
+    generator, discriminator, g_opt, d_opt = make_gan()
+    values = []
+
+    def d_loss_fn(d, real, fake):
+        loss = losses.gan_discriminator_loss(d(real), d(fake))
+        values.append(loss.item())
+        return loss
+
+    history = fit_gan(generator, discriminator, REAL, g_optimizer=g_opt, d_optimizer=d_opt,
+                      steps=6, batch_size=32, d_steps=3, d_loss_fn=d_loss_fn,
+                      sync_interval=sync_interval, progress=False)
+    means = [sum(values[i:i + 3]) / 3 for i in range(0, 18, 3)]
+    assert history.d_losses == pytest.approx(means, rel=1e-6)
+    assert len(history.g_losses) == 6
+
+
 @pytest.mark.parametrize("interrupt_at", [17, 25])
 def test_interrupted_gan_resumes_bit_identically(tmp_path, interrupt_at):
     ref_g, ref_d, ref_history = run_gan(schedule=True)
