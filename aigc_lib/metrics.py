@@ -97,17 +97,12 @@ def _log_weights(model: torch.nn.Module, x: torch.Tensor, k: int, chunk: int,
             xb = x[part].to(device)
             yb = None if labels is None else labels[part].to(device)
             if posterior is None:
-                mu, logvar = vae.encode(model, xb, yb) if isinstance(model, vae.VAE) \
-                    else model.encode(xb)                                   # (b, d)
+                mu, logvar = vae.encode(model, xb, yb)                     # (b, d)
             else:
                 mu, logvar = (t[part].to(device) for t in posterior)
             eps = torch.randn((k, *mu.shape), generator=generator, device=device, dtype=mu.dtype)
             z = mu + torch.exp(0.5 * logvar) * eps                          # (k, b, d)
-            if isinstance(model, vae.VAE):
-                log_px_z = vae.log_likelihood(model, xb, z, yb)             # (k, b)
-            else:
-                log_px_z = -F.binary_cross_entropy_with_logits(
-                    model.decode(z), xb.expand(k, *xb.shape), reduction="none").sum(-1)
+            log_px_z = vae.log_likelihood(model, xb, z, yb)                 # (k, b)
             log_pz = -0.5 * (z ** 2 + log_2pi).sum(-1)
             log_qz = -0.5 * (eps ** 2 + logvar + log_2pi).sum(-1)
             out.append((log_px_z + log_pz - log_qz).double())

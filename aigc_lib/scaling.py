@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -200,9 +199,8 @@ def run_sweep(sweep: Plan, progress: bool = True) -> list[RunResult]:
         with FileLock(str(path) + ".lock"):
             if not path.exists():
                 result = train_run(run, sweep.base)
-                staging = path.with_suffix(".partial")
-                staging.write_text(json.dumps(result.to_dict(), indent=1))
-                os.replace(staging, path)
+                with runtime.atomic_path(path) as tmp:
+                    tmp.write_text(json.dumps(result.to_dict(), indent=1))
             results.append(RunResult.from_dict(json.loads(path.read_text())))
     return results
 

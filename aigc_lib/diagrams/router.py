@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
+from aigc_lib import checks
 from aigc_lib.diagrams.core import ACCENT, EDGE, MUTED, arrow, box, canvas, note
 
 
@@ -124,12 +125,10 @@ def adversarial_step(epsilon: float, weight: float = 0.5, steps: int = 1) -> Fig
     the current model, ``steps`` > 1 for PGD, held constant for the update); the loss
     :math:`(1-w)\,\ell(E, y) + w\,\ell(E + r, y)` (``weight`` :math:`w`) updates the weights.
     The label stays: the perturbation is meant not to change the meaning (chapter 10)."""
-    for name, value, low, high in (("epsilon", epsilon, 0, None), ("weight", weight, 0, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
-                or (high is not None and value > high):
-            raise ValueError(f"{name} must be a number in [{low}, {high or '∞'}), got {value!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    checks.positive_number("epsilon", epsilon, allow_zero=True)
+    if checks.positive_number("weight", weight, allow_zero=True) > 1:
+        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+    checks.positive_number("steps", steps, integer=True)
     fig, ax = canvas(9.2, 3.3)
     batch = box(ax, 0.05, 1.3, 1.35, 0.8, "batch: word\nvectors $E$,\nlabels $y$",
                 kind="data", fontsize=8)
@@ -174,12 +173,8 @@ def continual(stages: Sequence[Sequence[str]], replay_per_class: int,
     if len(stages) < 2 or not all(stages) or len(set(names)) != len(names) \
             or not all(isinstance(n, str) for n in names):
         raise ValueError("stages must be >= 2 non-empty, disjoint lists of intent names")
-    if isinstance(replay_per_class, bool) or not isinstance(replay_per_class, int) \
-            or replay_per_class < 0:
-        raise ValueError(f"replay_per_class must be an int >= 0, got {replay_per_class!r}")
-    if isinstance(ewc_lambda, bool) or not isinstance(ewc_lambda, (int, float)) \
-            or ewc_lambda < 0:
-        raise ValueError(f"ewc_lambda must be a number >= 0, got {ewc_lambda!r}")
+    checks.positive_number("replay_per_class", replay_per_class, integer=True, allow_zero=True)
+    checks.positive_number("ewc_lambda", ewc_lambda, allow_zero=True)
     n = len(stages)
     fig, ax = canvas(9.2, 3.7)
     width = min(1.6, 4.6 / n)

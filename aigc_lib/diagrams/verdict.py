@@ -12,11 +12,6 @@ from aigc_lib.diagrams.core import ACCENT, EDGE, MUTED, arrow, box, canvas, note
 from aigc_lib.results import Comparison
 
 
-def _supported(c: Comparison) -> bool:
-    interval = c.improvement_interval
-    return interval is not None and interval[0] > 0
-
-
 def decision_flow(records: Mapping[str, Sequence[Comparison]]) -> Figure:
     r"""The cost–benefit flow of the verdict, with the counts of ``records`` (chapter name →
     its :class:`aigc_lib.results.Comparison` list, as :func:`aigc_lib.results.load_all` gives
@@ -30,7 +25,7 @@ def decision_flow(records: Mapping[str, Sequence[Comparison]]) -> Figure:
     if not all(isinstance(c, Comparison) for c in comparisons):
         raise TypeError("records must hold results.Comparison objects")
     n = len(comparisons)
-    supported = sum(_supported(c) for c in comparisons)
+    supported = sum(bool(c.beats_baseline_surely) for c in comparisons)
     with_interval = sum(c.difference_interval is not None for c in comparisons)
     trained = sum(c.train_seconds is not None for c in comparisons)
     served = sum(c.inference_seconds is not None for c in comparisons)
