@@ -487,7 +487,7 @@ def predict_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
         raise ValueError("ids holds no message: nothing to predict")
     device = next(model.parameters()).device
     order = torch.argsort(mask.sum(1), stable=True)
-    with runtime.eval_mode(model), torch.no_grad():
+    with runtime.eval_mode(model):
         out = [model(ids[rows].to(device), mask[rows].to(device)).float().cpu()
                for rows in torch.split(order, batch_size)]
     logits = torch.empty(len(ids), out[0].shape[1])

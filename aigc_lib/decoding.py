@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aigc_lib import checks
+from aigc_lib import checks, runtime
 from aigc_lib.models import gpt
 
 
@@ -122,8 +122,15 @@ def speculative_generate(target: gpt.GPT, draft: gpt.GPT, idx: torch.Tensor,
     :class:`~aigc_lib.models.gpt.KVCache` and roll it back over rejected tokens.
     """
     capacity = _check_pair(target, draft, idx, max_new_tokens, draft_tokens)
-    modes = target.training, draft.training
-    target.eval(), draft.eval()
+    with runtime.eval_mode(target, draft):
+        return _speculate(target, draft, idx, capacity, max_new_tokens, draft_tokens,
+                          temperature, top_k, top_p, generator)
+
+
+def _speculate(target: gpt.GPT, draft: gpt.GPT, idx: torch.Tensor, capacity: int,
+               max_new_tokens: int, draft_tokens: int, temperature: float, top_k: int | None,
+               top_p: float | None, generator: torch.Generator | None) -> SpeculativeResult:
+    """The rounds of :func:`speculative_generate` (models in eval mode, arguments checked)."""
     t_cache, d_cache = (gpt.KVCache(m.config, 1, capacity) for m in (target, draft))
     seq, produced, drafted, accepted, t_calls, d_calls = idx, 0, 0, 0, 0, 0
 
@@ -156,7 +163,6 @@ def speculative_generate(target: gpt.GPT, draft: gpt.GPT, idx: torch.Tensor,
         d_cache.crop(min(d_cache.length, seq.shape[1] + n_ok))
         seq = torch.cat([seq, torch.tensor([kept], device=seq.device)], dim=1)
         produced, drafted, accepted = produced + len(kept), drafted + gamma, accepted + n_ok
-    target.train(modes[0]), draft.train(modes[1])
     return SpeculativeResult(seq, drafted, accepted, t_calls, d_calls)
 
 

@@ -179,7 +179,7 @@ def minilm_embeddings(texts: Sequence[str], max_length: int = 32, normalize: boo
     from filelock import FileLock
     from safetensors.torch import load_file
 
-    from aigc_lib import checkpoint, runtime
+    from aigc_lib import checkpoint
 
     texts = _texts(texts)
     checks.positive_number("max_length", max_length, integer=True)

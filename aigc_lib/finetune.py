@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from aigc_lib import checks, encoders, losses, runtime
+from aigc_lib.models import gpt
 
 IGNORE_INDEX = -100        # the label value that cross-entropy (torch and transformers) skips
 ROLES = ("system", "user", "assistant")
@@ -555,11 +556,9 @@ def generate_replies(model: nn.Module, tokenizer, conversations: Sequence[Sequen
     replies = []
     with runtime.eval_mode(model):
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
-                                device=device)
+            ids, mask = (t.to(device) for t in gpt.left_pad(prompts[start:start + batch_size],
+                                                            pad))
+            width = ids.shape[1]
             out = model.generate(ids, attention_mask=mask, do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=eot,
                                  pad_token_id=pad)

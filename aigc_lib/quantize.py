@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from aigc_lib import checks
+from aigc_lib import checkpoint, checks
 
 SCHEMES = ("fp32", "bf16", "int8 weights", "int8 dynamic")
 _QUANT_MAX = 127.5          # (127 - (-128)) / 2: the symmetric int8 range's half width
@@ -148,8 +148,6 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)) or not str(path).endswith(".safetensors"):
         raise ValueError(f"path must be a file name ending in .safetensors, got {path!r}")
-    from safetensors.torch import save_file
-
     state, tied, first = {}, {}, {}
     for name, tensor in model.state_dict().items():
         key = id(tensor) if type(tensor) is not torch.Tensor else tensor.data_ptr()
@@ -164,8 +162,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     else:
         tensors, metadata = state, {}
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(path), metadata={**metadata, "aigc_tied": json.dumps(tied)})
-    return Path(path)
+    return checkpoint.save_tensors(tensors, path, {**metadata, "aigc_tied": json.dumps(tied)})
 
 
 def load(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
@@ -175,12 +172,8 @@ def load(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not Path(path).is_file():
         raise FileNotFoundError(f"no file at {path}")
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), "pt") as handle:
-        metadata = dict(handle.metadata() or {})
-    tensors = load_file(str(path))
+    tensors, metadata = checkpoint._read(Path(path))
+    metadata = dict(metadata)
     tied = json.loads(metadata.pop("aigc_tied", "{}"))
     if metadata:
         _, support = _torchao()

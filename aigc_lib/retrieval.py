@@ -38,11 +38,7 @@ class Embedder:
         self.cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        if isinstance(texts, str) or not isinstance(texts, Sequence) or \
-                not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be a list of str")
-        if not texts:
-            raise ValueError("texts is empty")
+        texts = encoders._texts(texts)
         new = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if new:
             # an empty text has no tokens for mean pooling: embed a space instead
