@@ -47,7 +47,7 @@ def class_indices(name: str, value: torch.Tensor, classes: int | None = None) ->
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {value.dtype}")
     if value.numel():
-        low, high = int(value.min()), int(value.max())
+        low, high = torch.stack(torch.aminmax(value)).tolist()   # one pass, one read
         if low < 0 or (classes is not None and high >= classes):
             where = ">= 0" if classes is None else f"in [0, {classes})"
             raise ValueError(f"{name} must be class indices {where}, got values in "
@@ -61,8 +61,9 @@ def token_ids(name: str, value: object, vocab_size: int) -> torch.Tensor:
     tensor(name, value, ndim=2, finite=False)
     if value.dtype != torch.long:
         raise TypeError(f"{name} must hold int64 token ids, got dtype {value.dtype}")
-    outside = (value < 0) | (value >= vocab_size)
-    if bool(outside.any()):
+    low, high = torch.stack(torch.aminmax(value)).tolist() if value.numel() else (0, 0)
+    if low < 0 or high >= vocab_size:
+        outside = (value < 0) | (value >= vocab_size)
         raise ValueError(f"{name} must hold token ids in [0, {vocab_size}) (the model's "
                          f"vocab_size), got {sorted(set(value[outside].tolist()))[:8]}")
     return value

@@ -17,13 +17,11 @@ every step on the CPU where reading is free, every 25 on a GPU where it would st
 from __future__ import annotations
 
 import math
-import operator
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -115,7 +113,7 @@ class Examples:
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.tensors is not None:
-            return tuple(map(operator.getitem, self.tensors, repeat(index)))  # t[index] each
+            return tuple(t[index] for t in self.tensors)
         batch = default_collate([self.dataset[i] for i in index.tolist()])
         return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 

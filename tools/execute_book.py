@@ -196,7 +196,7 @@ def main() -> int:
     mds = chapters()
     names = {md.stem for md in mds}
     if args.only:
-        unknown = set(args.only) - {md.stem for md in mds}
+        unknown = set(args.only) - names
         if unknown:
             sys.exit(f"--only: {sorted(unknown)} are not chapters in _toc.yml")
         mds = [md for md in mds if md.stem in args.only]
