@@ -274,7 +274,7 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
         shifted = shifted.float()
     targets = input_ids[:, 1:]
     losses = F.cross_entropy(shifted.flatten(0, 1), targets.flatten(), ignore_index=ignore_index,
-                             reduction="none" if reduction == "none" else reduction)
+                             reduction=reduction)
     return losses.view(batch, length - 1) if reduction == "none" else losses
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from torch.nn.utils import parametrizations
 
-from aigc_lib import checks
+from aigc_lib import checks, runtime
 
 OUTPUTS = ("linear", "sigmoid")
 
@@ -311,13 +311,9 @@ class ConvGenerator(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """:math:`n` images from :math:`z \\sim \\mathcal N(0, I)` in eval mode."""
         checks.positive_number("n", n, integer=True)
-        was_training = self.training
-        self.eval()
-        try:
+        with runtime.eval_mode(self):
             device = next(self.parameters()).device
             return self(torch.randn(n, self.latent_dim, generator=generator).to(device))
-        finally:
-            self.train(was_training)
 
 
 class ConvDiscriminator(nn.Module):

@@ -213,7 +213,7 @@ class GPT(nn.Module):
         B, T0 = idx.shape
         n = self.config.block_size
         capacity = min(T0 + max_new_tokens - 1, n)
-        cache = KVCache(self.config, B, capacity) if use_cache and 0 < T0 <= capacity else None
+        cache = KVCache(self.config, B, capacity) if use_cache and T0 <= capacity else None
         with runtime.eval_mode(self):
             for _ in range(max_new_tokens):
                 if cache is not None and idx.shape[1] <= capacity:
