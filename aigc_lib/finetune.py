@@ -411,18 +411,28 @@ def train_sft(model: nn.Module, encoded: Encoded, *, lr: float, steps: int, batc
     """Supervised fine-tuning of ``model``'s trainable parameters on ``encoded`` (chapter 8):
     AdamW at rate ``lr`` for ``steps`` steps of :func:`answer_loss`, with ``fit``'s data order
     drawn from ``seed``. The model trains in place; returns ``fit``'s history."""
-    from aigc_lib.training import fit
-
     if not isinstance(encoded, Encoded):
         raise TypeError(f"encoded must be an Encoded batch, got {type(encoded).__name__}")
+    return train_with_adamw(model, encoded.tensors(), answer_loss, lr=lr, steps=steps,
+                            batch_size=batch_size, seed=seed, evaluate=evaluate,
+                            eval_every=eval_every, device=device, desc=desc)
+
+
+def train_with_adamw(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn, *,
+                     lr: float, steps: int, batch_size: int, seed: int, device=None,
+                     desc: str, evaluate=None, eval_every: int | None = None):
+    """``fit`` of ``model``'s trainable parameters with AdamW at rate ``lr`` for ``steps``
+    steps of ``loss_fn`` on ``tensors``, without a progress bar: the recipe of
+    :func:`train_sft` and of :func:`aigc_lib.preference.train_dpo` (chapter 8)."""
+    from aigc_lib.training import fit
+
     checks.positive_number("lr", lr)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameter")
-    return fit(model, encoded.tensors(), loss_fn=answer_loss,
-               optimizer=torch.optim.AdamW(params, lr=lr), steps=steps, batch_size=batch_size,
-               seed=seed, evaluate=evaluate, eval_every=eval_every, device=device,
-               progress=False, desc=desc)
+    return fit(model, tensors, loss_fn=loss_fn, optimizer=torch.optim.AdamW(params, lr=lr),
+               steps=steps, batch_size=batch_size, seed=seed, evaluate=evaluate,
+               eval_every=eval_every, device=device, progress=False, desc=desc)
 
 
 def freeze_all_but(model: nn.Module, prefixes: Sequence[str]) -> list[str]:

@@ -125,15 +125,11 @@ def train_dpo(policy: nn.Module, pairs: PreferencePairs, *, lr: float, steps: in
               beta: float = 0.1, batch_size: int = 8, seed: int = 0, device=None):
     """DPO of ``policy``'s trainable parameters on ``pairs`` (chapter 8): AdamW at rate ``lr``
     for ``steps`` steps of :func:`dpo_step`. Trains in place; returns ``fit``'s history."""
-    from aigc_lib.training import fit
-
     if not isinstance(pairs, PreferencePairs):
         raise TypeError(f"pairs must be PreferencePairs, got {type(pairs).__name__}")
-    checks.positive_number("lr", lr)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    return fit(policy, pairs.tensors(), loss_fn=dpo_step(beta),
-               optimizer=torch.optim.AdamW(params, lr=lr), steps=steps, batch_size=batch_size,
-               seed=seed, device=device, progress=False, desc="DPO")
+    return finetune.train_with_adamw(policy, pairs.tensors(), dpo_step(beta), lr=lr,
+                                     steps=steps, batch_size=batch_size, seed=seed,
+                                     device=device, desc="DPO")
 
 
 @dataclass

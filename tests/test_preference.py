@@ -144,6 +144,9 @@ def test_train_dpo_moves_the_policy_toward_the_chosen_answers(tiny):
     assert after.reward_accuracy == 1.0 and after.policy_accuracy >= before.policy_accuracy
     with pytest.raises(TypeError, match="pairs must be"):
         preference.evaluate_pairs(policy, [1])
+    frozen = copy.deepcopy(reference).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        preference.train_dpo(frozen, pairs, lr=1e-2, steps=1)
     with pytest.raises(ValueError, match="equally long"):
         preference.encode_pairs(tok, prompts, chosen[:2], rejected, reference, 64)
     with pytest.raises(TypeError, match=r"rejected\[0\]"):
