@@ -6,7 +6,7 @@ and says what was expected, so that bad input fails at the call site and not dee
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -55,17 +55,34 @@ def class_indices(name: str, value: torch.Tensor, classes: int | None = None) ->
     return value
 
 
+def require(ok: torch.Tensor, error: Callable[[], Exception]) -> None:
+    """Raise ``error()`` unless the one-element boolean tensor ``ok`` is true, without reading
+    ``ok`` on the host: ``torch._assert_async`` checks it where it lies. On the CPU that is at
+    once, and its RuntimeError becomes ``error()`` (which may read values for its message: it
+    runs only on failure). On a GPU the check is one more kernel, and a failure surfaces as a
+    device-side assertion at the next synchronisation, instead of every call waiting for the
+    device (chapter 2: the checks inside ``forward`` passes and per-step losses use this)."""
+    try:
+        torch._assert_async(ok)
+    except RuntimeError:
+        raise error() from None
+
+
 def token_ids(name: str, value: object, vocab_size: int) -> torch.Tensor:
     """Return ``value`` if it is a 2-D int64 tensor of ids in ``[0, vocab_size)``, else raise
-    naming ``name`` and the ids outside (an embedding lookup would fail deep in torch)."""
+    naming ``name`` and the ids outside (an embedding lookup would fail deep in torch). The
+    range is checked with :func:`require`: no read on the host, so a forward pass can use it."""
     tensor(name, value, ndim=2, finite=False)
     if value.dtype != torch.long:
         raise TypeError(f"{name} must hold int64 token ids, got dtype {value.dtype}")
-    low, high = torch.stack(torch.aminmax(value)).tolist() if value.numel() else (0, 0)
-    if low < 0 or high >= vocab_size:
+
+    def error() -> ValueError:
         outside = (value < 0) | (value >= vocab_size)
-        raise ValueError(f"{name} must hold token ids in [0, {vocab_size}) (the model's "
-                         f"vocab_size), got {sorted(set(value[outside].tolist()))[:8]}")
+        return ValueError(f"{name} must hold token ids in [0, {vocab_size}) (the model's "
+                          f"vocab_size), got {sorted(set(value[outside].tolist()))[:8]}")
+    if value.numel():
+        low, high = torch.aminmax(value)
+        require((low >= 0) & (high < vocab_size), error)
     return value
 
 

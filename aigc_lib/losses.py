@@ -101,7 +101,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     ``ignore_index`` contribute nothing and are left out of the mean. Gradient:
     :math:`\operatorname{softmax}(z) - \text{onehot}(y)` (chapter 1). Equals ``F.cross_entropy``.
     """
-    checks.tensor("logits", logits, floating=True, ndim=(2, 3))
+    checks.tensor("logits", logits, floating=True, ndim=(2, 3), finite=False)
     checks.tensor("targets", targets)
     if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise TypeError(f"targets must hold integer class indices, got dtype {targets.dtype}")
@@ -112,8 +112,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     targets = targets.long()
     keep = targets != ignore_index
     classes = logits.shape[-1]
-    if bool(((targets[keep] < 0) | (targets[keep] >= classes)).any()):
-        raise ValueError(f"targets must be in [0, {classes}) or equal ignore_index={ignore_index}")
+    checks.require((~keep | ((targets >= 0) & (targets < classes))).all(), lambda: ValueError(
+        f"targets must be in [0, {classes}) or equal ignore_index={ignore_index}"))
     safe = torch.where(keep, targets, torch.zeros_like(targets))
     picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     losses = (torch.logsumexp(logits, dim=-1) - picked) * keep

@@ -32,3 +32,13 @@ def test_tensor_check_names_the_argument():
     with pytest.raises(TypeError, match="weights must be a torch.Tensor"):
         checks.tensor("weights", [1.0])
     assert checks.tensor("weights", torch.tensor([float("nan")]), finite=False).isnan().all()
+
+
+def test_require_raises_the_given_error_on_the_cpu_and_reads_nothing_when_true():
+    from test_sync import counting_reads
+    events = []
+    with counting_reads(events):
+        checks.require(torch.tensor([1, 2]).gt(0).all(), lambda: ValueError("never"))
+    assert events == []
+    with pytest.raises(ValueError, match="x must be positive, got -1"):
+        checks.require(torch.tensor(-1) > 0, lambda: ValueError("x must be positive, got -1"))

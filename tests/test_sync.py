@@ -11,6 +11,7 @@ assigned to the step during which it happened. (Calls inside torch are torch's b
 import math
 import sys
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ import torch.nn.functional as F
 
 from aigc_lib import losses
 from aigc_lib.gan_training import discriminator_loss, fit_gan
+from aigc_lib.models import diffusion, gpt, lora
 from aigc_lib.models.gan import Discriminator, Generator
-from aigc_lib.models.vae import VAE, VAEConfig, reparameterize
+from aigc_lib.models.llama import Llama, LlamaConfig
+from aigc_lib.models.vae import VAE, ConditionalVAE, VAEConfig, reparameterize
 from aigc_lib.training import fit
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__",
@@ -174,3 +177,85 @@ def test_entry_points_still_check_values():
             optimizer=torch.optim.SGD(model.parameters(), 0.1), progress=False)
     with pytest.raises(ValueError, match="x contains NaN"):
         VAE(VAEConfig(x_dim=3, latent_dim=2, hidden=4)).reconstruct(NAN)
+
+
+# --- the models that train on a GPU in the gpu profile: language models and diffusion --------
+
+def tiny_gpt(lora_rank=0):
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    if lora_rank:
+        lora.add_lora(model, r=lora_rank)
+    return model
+
+
+def tiny_diffusion(flow=False):
+    torch.manual_seed(0)
+    net = diffusion.MLPDenoiser(4, hidden=8, blocks=1, num_classes=3)
+    if flow:
+        return diffusion.FlowModel(net, p_uncond=0.2)
+    return diffusion.DiffusionModel(net, diffusion.noise_schedule("cosine", 20), p_uncond=0.2)
+
+
+IDS = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(0))
+X4, Y3 = torch.randn(6, 4), torch.tensor([0, 1, 2, 2, 1, 0])
+TARGETS = IDS[:, 1:].clone()
+TARGETS[0, :2] = -100
+
+
+@pytest.mark.parametrize("name, build", [
+    ("GPT.forward", lambda: partial(tiny_gpt(), IDS)),
+    ("gpt.lm_loss", lambda: partial(gpt.lm_loss, tiny_gpt(), IDS)),
+    ("gpt.lm_loss with LoRA", lambda: partial(gpt.lm_loss, tiny_gpt(lora_rank=2), IDS)),
+    ("Llama.forward", lambda: partial(Llama(LlamaConfig(
+        vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)), IDS)),
+    ("losses.cross_entropy", lambda: partial(losses.cross_entropy, torch.randn(3, 7, 11),
+                                             TARGETS)),
+    ("DiffusionModel.loss", lambda: partial(tiny_diffusion().loss, X4, Y3)),
+    ("FlowModel.loss", lambda: partial(tiny_diffusion(flow=True).loss, X4, Y3)),
+    ("ConditionalVAE.forward", lambda: partial(ConditionalVAE(
+        VAEConfig(x_dim=4, latent_dim=2, hidden=4), num_classes=3), X4, Y3)),
+])
+def test_range_checks_in_forward_passes_read_nothing(name, build):
+    """Token ids, steps, times and labels are checked where they lie (``checks.require``), so
+    a valid call reads no value: on a GPU no step waits for the device."""
+    call, events = build(), []             # the model is built outside the count
+    with counting_reads(events):
+        call()
+    assert events == [], f"{name} read values from its tensors: {events}"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: tiny_gpt()(IDS + 1), r"token ids in \[0, 11\).*\[11\]"),
+    (lambda: losses.cross_entropy(torch.randn(3, 7, 11), TARGETS + 11),
+     r"targets must be in \[0, 11\)"),
+    (lambda: tiny_diffusion().loss(X4, Y3 + 3), r"labels must lie in \[0, 3\]"),
+    (lambda: diffusion.flow_interpolate(X4, X4, torch.full((6,), math.nan)),
+     r"s must have shape \(6,\) and lie in \[0, 1\]"),
+    (lambda: ConditionalVAE(VAEConfig(x_dim=4, latent_dim=2, hidden=4), num_classes=3)(
+        X4, Y3 - 1), r"y must lie in \[0, 3\), got values in \[-1, 1\]"),
+])
+def test_the_checks_that_read_nothing_still_raise_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_language_model_training_reads_only_every_sync_interval():
+    model, events = tiny_gpt(), []
+    windows = torch.randint(0, 11, (32, 9), generator=torch.Generator().manual_seed(1))
+    with counting_reads(events):
+        fit(model, windows, loss_fn=marked(gpt.lm_loss, events), steps=12, batch_size=4,
+            optimizer=torch.optim.AdamW(model.parameters(), 1e-3), eval_every=12,
+            progress=False, sync_interval=4, clip_grad_norm=1.0)
+    assert steps_with_reads(events) == [4, 8, 12]
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_diffusion_training_reads_only_every_sync_interval(flow):
+    model, events = tiny_diffusion(flow), []
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    with counting_reads(events):
+        fit(model, (x, y), loss_fn=marked(lambda m, xb, yb: m.loss(xb, yb), events), steps=10,
+            batch_size=8, optimizer=torch.optim.Adam(model.parameters(), 1e-3),
+            eval_every=10, progress=False, sync_interval=5)
+    assert steps_with_reads(events) == [5, 10]

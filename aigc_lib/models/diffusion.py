@@ -149,9 +149,8 @@ def _steps(t: int | torch.Tensor, T: int, batch: int, low: int = 0) -> torch.Ten
     if t.shape != (batch,):
         raise ValueError(f"t must be an int or have shape ({batch},) (one step per example), "
                          f"got {tuple(t.shape)}")
-    if bool(((t < low) | (t > T)).any()):
-        raise ValueError(f"t must lie in [{low}, {T}], got values in "
-                         f"[{int(t.min())}, {int(t.max())}]")
+    checks.require(((t >= low) & (t <= T)).all(), lambda: ValueError(
+        f"t must lie in [{low}, {T}], got values in [{int(t.min())}, {int(t.max())}]"))
     return t.long()
 
 
@@ -358,9 +357,8 @@ class _Conditioning(nn.Module):
         if labels.is_floating_point() or labels.shape != (batch,):
             raise ValueError(f"labels must be integer classes of shape ({batch},), got "
                              f"{labels.dtype} {tuple(labels.shape)}")
-        if bool(((labels < 0) | (labels > self.num_classes)).any()):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}] ({self.num_classes} "
-                             f"is the null label)")
+        checks.require(((labels >= 0) & (labels <= self.num_classes)).all(), lambda: ValueError(
+            f"labels must lie in [0, {self.num_classes}] ({self.num_classes} is the null label)"))
         return emb + self.label(labels)
 
 
@@ -839,9 +837,11 @@ def flow_interpolate(x0: torch.Tensor, noise: torch.Tensor, s: torch.Tensor) -> 
     Liu, Gong and Liu 2023). ``s`` is ``(B,)`` in [0, 1]."""
     x0 = _batch("x0", x0)
     checks.same_shape("x0", x0, "noise", noise)
-    checks.tensor("s", s, floating=True, ndim=1)
-    if len(s) != len(x0) or bool(((s < 0) | (s > 1)).any()):
-        raise ValueError(f"s must have shape ({len(x0)},) and lie in [0, 1]")
+    checks.tensor("s", s, floating=True, ndim=1, finite=False)
+    message = f"s must have shape ({len(x0)},) and lie in [0, 1]"
+    if len(s) != len(x0):
+        raise ValueError(message)
+    checks.require(((s >= 0) & (s <= 1)).all(), lambda: ValueError(message))  # NaN fails too
     s = s.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
     return (1 - s) * x0 + s * noise
 

@@ -128,9 +128,9 @@ def _one_hot(name: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     checks.tensor(name, labels, finite=False)
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"{name} must lie in [0, {num_classes}), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    checks.require(((labels >= 0) & (labels < num_classes)).all(), lambda: ValueError(
+        f"{name} must lie in [0, {num_classes}), got values in "
+        f"[{int(labels.min())}, {int(labels.max())}]"))
     return nn.functional.one_hot(labels, num_classes).float()
 
 
