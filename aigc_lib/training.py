@@ -113,7 +113,7 @@ class Examples:
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.tensors is not None:
-            return tuple(t[index] for t in self.tensors)
+            return tuple([t[index] for t in self.tensors])
         batch = default_collate([self.dataset[i] for i in index.tolist()])
         return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
@@ -210,20 +210,24 @@ class Stream:
         self.move = examples.tensors is None or any(t.device != dev for t in examples.tensors)
         # an order indexes the tensors where they are: no copy of indices per step
         self.home = examples.tensors[0].device if examples.tensors else torch.device("cpu")
-        self.epoch, self.current = -1, torch.empty(0, dtype=torch.long)
+        self.epoch, self.batches = -1, []
 
     def rows(self, number: int) -> torch.Tensor:
         """The indices of batch ``number`` (counted from the start of training) that this
         process reads."""
         epoch, position = divmod(number, self.per_epoch)
-        if epoch != self.epoch:
+        if epoch != self.epoch:                        # cut the epoch's order into batches
             self.epoch = epoch
-            self.current = self._checked(self.order(epoch), epoch).to(self.home)
-        rows = self.current[position * self.batch_size:(position + 1) * self.batch_size]
-        if self.world > 1:
-            share = len(rows) // self.world
-            rows = rows[self.rank * share:(self.rank + 1) * share]
-        return rows
+            order = self._checked(self.order(epoch), epoch).to(self.home)
+            self.batches = [self._share(b) for b in order.split(self.batch_size)]
+        return self.batches[position]
+
+    def _share(self, rows: torch.Tensor) -> torch.Tensor:
+        """This process's part of a batch's ``rows``."""
+        if self.world == 1:
+            return rows
+        share = len(rows) // self.world
+        return rows[self.rank * share:(self.rank + 1) * share]
 
     def for_step(self, step: int) -> tuple[torch.Tensor, ...]:
         index = self.rows(step) if self.per_step == 1 else torch.cat(
@@ -255,6 +259,8 @@ class _LossLog:
         self.since, self.started = step, time.perf_counter()
         self.last: tuple[int, str] | None = None       # the step and name kept last
         self.count = 0                                  # how many values that mean holds
+        self.columns = {name: getattr(history, attr) for name, (attr, _) in
+                        history.LOSSES.items()}
 
     def watch(self, step: int, name: str, loss: torch.Tensor) -> None:
         if self.interval > 1:
@@ -287,12 +293,12 @@ class _LossLog:
     def _keep(self, step: int, name: str, value: float) -> None:
         """Append ``value`` to the history's list for ``name``; a second value of the same
         step and name (``d_steps > 1``) joins the first in their mean."""
-        column = getattr(self.history, self.history.LOSSES[name][0])
-        if self.last == (step, name):
+        column, key = self.columns[name], (step, name)
+        if key == self.last:
             self.count += 1
             column[-1] += (value - column[-1]) / self.count
         else:
-            self.last, self.count = (step, name), 1
+            self.last, self.count = key, 1
             column.append(value)
 
     def means(self, step: int) -> dict[str, float]:
