@@ -376,9 +376,10 @@ def run(state: TrainState, step: Step, stream: Stream, total: int, eval_every: i
         progress: bool = True, desc: str = "train") -> None:
     """The training loop that :func:`fit` and :func:`aigc_lib.gan_training.fit_gan` share
     (chapter 2): steps until ``total``; a record and a checkpoint every ``eval_every`` steps and
-    after the last. ``step(batch, state)`` does one update and returns the terms to average."""
+    after the last. ``step(batch, state)`` does one update and returns the terms to average.
+    The progress bar shows once training has run half a second (shorter runs draw nothing)."""
     bar = tqdm(total=total, initial=state.step, desc=desc, disable=not progress,
-               mininterval=0.5, dynamic_ncols=True)
+               delay=0.5, mininterval=0.5, dynamic_ncols=True)
     try:
         while state.step < total:
             batch = stream.for_step(state.step)        # this process's share, on the device

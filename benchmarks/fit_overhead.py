@@ -16,7 +16,14 @@ Several processes: the median of one process moves by a few per cent from one pr
 next (each lays out its memory differently), more than its pairs' spread suggests.
 
 Usage: python benchmarks/fit_overhead.py [--epochs 10] [--repeats 21] [--processes 4]
-       [--hidden 128] [--threads 1]
+       [--hidden 128] [--threads 1] [--instructions]
+
+`--instructions` counts instead of timing: each loop runs once in a fresh process under
+valgrind's callgrind, which counts the machine instructions it executes, a figure that does not
+drift with the machine's speed (both without a progress bar, whose redraws follow the clock,
+which valgrind slows fifty-fold). It prints the instructions per step of each loop and
+
+    instructions fit/hand-written: X.XXX
 
 By default PyTorch uses one CPU thread here, as the book's chapters do for their small models:
 with several threads, timings on a busy machine are dominated by threads waiting for each other.
@@ -25,11 +32,16 @@ with several threads, timings on a busy machine are dominated by threads waiting
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import random
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -67,10 +79,10 @@ def hand_written(model, x, y, epochs, batch_size, seed, dev):
     return torch.stack(losses).tolist()
 
 
-def with_fit(model, x, y, epochs, batch_size, seed, dev):
+def with_fit(model, x, y, epochs, batch_size, seed, dev, progress=True):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     history = fit(model, (x, y), loss_fn=loss_fn, optimizer=opt, epochs=epochs,
-                  batch_size=batch_size, seed=seed, device=dev)
+                  batch_size=batch_size, seed=seed, device=dev, progress=progress)
     return history.step_losses
 
 
@@ -122,7 +134,8 @@ def in_fresh_processes(args: argparse.Namespace) -> list[list[tuple[float, float
     """The pairs of ``args.processes`` fresh Python processes, run one after the other (each
     process lays out its memory differently, which moves its median by a few per cent)."""
     command = [sys.executable, __file__, "--worker", *(f"--{k.replace('_', '-')}={v}"
-               for k, v in vars(args).items() if k not in ("processes", "worker"))]
+               for k, v in vars(args).items()
+               if k not in ("processes", "worker", "instructions", "count"))]
     groups = []
     for i in range(args.processes):
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -133,6 +146,50 @@ def in_fresh_processes(args: argparse.Namespace) -> list[list[tuple[float, float
     return groups
 
 
+def counted_run(args: argparse.Namespace) -> None:
+    """One run of ``args.count`` (after a warm-up run), called through ``functools.reduce``:
+    callgrind counts only inside that C function (``--toggle-collect``), so neither Python's
+    start-up nor the imports nor the warm-up count."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    dev, (x, y) = runtime.device(), data.digits("train")
+    run = hand_written if args.count == "hand" else functools.partial(with_fit, progress=False)
+    run(make_model(args.hidden), x, y, 1, args.batch_size, 0, dev)
+    model = make_model(args.hidden)
+    losses = functools.reduce(lambda *_: run(model, x, y, args.epochs, args.batch_size, 0,
+                                             dev), [0, 1])
+    print(f"{args.count}: {len(losses)} steps, last loss {losses[-1]:.4f}")
+
+
+def collected(valgrind_log: str) -> int:
+    """The instruction count that callgrind reports (``Collected : N``) in its log."""
+    match = re.search(r"Collected\s*:\s*([\d,]+)", valgrind_log)
+    if not match:
+        raise RuntimeError(f"no instruction count in valgrind's output: {valgrind_log[-500:]}")
+    return int(match.group(1).replace(",", ""))
+
+
+def count_instructions(args: argparse.Namespace) -> dict[str, int]:
+    """Instructions of each loop, counted under callgrind; the two processes run side by
+    side (a count does not depend on what else the machine does)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt install valgrind)")
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+               if k in ("epochs", "batch_size", "hidden", "threads")]
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = {loop: subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+             "--toggle-collect=functools_reduce", f"--callgrind-out-file={tmp}/{loop}.out",
+             sys.executable, __file__, f"--count={loop}", *options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"}) for loop in ("hand", "fit")}
+        logs = {loop: job.communicate()[1] for loop, job in jobs.items()}
+    for loop, job in jobs.items():
+        if job.returncode:
+            raise RuntimeError(f"the {loop} loop failed under valgrind: {logs[loop][-2000:]}")
+    return {loop: collected(log) for loop, log in logs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -141,16 +198,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=21, help="pairs per process")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions under valgrind instead of timing")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", choices=("hand", "fit"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(pairs(args)))
+        return
+    if args.count:
+        counted_run(args)
+        return
+    steps = args.epochs * -(-len(data.digits("train")[0]) // args.batch_size)
+    if args.instructions:
+        counts = count_instructions(args)
+        for loop, count in counts.items():
+            print(f"{loop}: {count / steps:,.0f} instructions per step ({steps} steps)")
+        print(f"instructions fit/hand-written: {counts['fit'] / counts['hand']:.3f}")
         return
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     print(runtime.describe())
     groups = in_fresh_processes(args) if args.processes > 1 else [pairs(args)]
-    steps = args.epochs * -(-len(data.digits("train")[0]) // args.batch_size)
     print(f"{steps} steps per run, identical weights and losses in every pair")
     ratios = [[r for r, _ in g] for g in groups]
     pooled = [r for g in ratios for r in g]

@@ -1,10 +1,13 @@
 """`benchmarks/fit_overhead.py`: its interval, and a short run end to end."""
+import argparse
 import importlib.util
 import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_overhead.py"
 
@@ -37,3 +40,28 @@ def test_a_short_run_in_two_processes_prints_the_ratio():
     assert match, out
     ratio, low, high = map(float, match.groups())
     assert 0 < low <= high and 0 < ratio
+
+
+def test_instruction_counts_are_read_from_callgrinds_log():
+    bench = load()
+    log = "==1== Events    : Ir\n==1== Collected : 488775016\n==1==\n==1== I   refs: 488,775,016"
+    assert bench.collected(log) == 488775016
+    with pytest.raises(RuntimeError, match="no instruction count"):
+        bench.collected("==1== valgrind: could not start")
+
+
+def test_counting_without_valgrind_says_what_is_missing(monkeypatch):
+    bench = load()
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="needs valgrind"):
+        bench.count_instructions(argparse.Namespace(epochs=1, batch_size=64, hidden=8,
+                                                    threads=1))
+
+
+def test_the_counted_run_trains_each_loop_once():
+    """What callgrind counts: ``--count`` runs one loop (outside valgrind here)."""
+    lines = [subprocess.run([sys.executable, str(SCRIPT), f"--count={loop}", "--epochs", "1",
+                             "--hidden", "8"], check=True, timeout=300, capture_output=True,
+                            text=True).stdout.strip() for loop in ("hand", "fit")]
+    assert [line.split(",")[0] for line in lines] == ["hand: 23 steps", "fit: 23 steps"]
+    assert lines[0].split(",")[1] == lines[1].split(",")[1]     # the same last loss
