@@ -40,18 +40,27 @@ def tensor(name: str, value: object, *, floating: bool = False, finite: bool = T
     return value
 
 
-def class_indices(name: str, value: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+def class_indices(name: str, value: torch.Tensor, classes: int | None = None, *,
+                  on_device: bool = False) -> torch.Tensor:
     """Return ``value`` if it holds integer class indices in ``[0, classes)`` (``>= 0`` when
     ``classes`` is None), else raise naming ``name``: float or bool labels, or indices out of
-    range, would otherwise give silent wrong answers or fail deep in torch."""
+    range, would otherwise give silent wrong answers or fail deep in torch. The range is read
+    on the host, so a GPU raises the same error at once; ``on_device=True`` (forward passes,
+    per-step losses) checks it with :func:`require` instead, without waiting for the device."""
+    tensor(name, value, finite=False)
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {value.dtype}")
     if value.numel():
-        low, high = torch.stack(torch.aminmax(value)).tolist()   # one pass, one read
-        if low < 0 or (classes is not None and high >= classes):
-            where = ">= 0" if classes is None else f"in [0, {classes})"
-            raise ValueError(f"{name} must be class indices {where}, got values in "
-                             f"[{low}, {high}]")
+        ok = value >= 0 if classes is None else (value >= 0) & (value < classes)
+        where = ">= 0" if classes is None else f"in [0, {classes})"
+
+        def error() -> ValueError:
+            return ValueError(f"{name} must be class indices {where}, got values in "
+                              f"[{int(value.min())}, {int(value.max())}]")
+        if on_device:
+            require(ok.all(), error)
+        elif not bool(ok.all()):
+            raise error()
     return value
 
 

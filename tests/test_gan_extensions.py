@@ -298,13 +298,13 @@ def test_conditional_models_gradients_and_training_through_fit_gan():
 
 @pytest.mark.parametrize("call, error, words", [
     (lambda: gan.with_labels(torch.zeros(2, 3), torch.tensor([0, 5]), 3), ValueError,
-     r"labels must lie in \[0, 3\)"),
+     r"labels must be class indices in \[0, 3\)"),
     (lambda: gan.with_labels(torch.zeros(2, 3), torch.tensor([0.0, 1.0]), 3), TypeError,
      "labels must be an integer"),
     (lambda: gan.with_labels(torch.zeros(2, 3), torch.tensor([0]), 3), ValueError,
      "one entry per image"),
     (lambda: gan.ConditionalGenerator(2, 3, 4).sample(torch.tensor([3])), ValueError,
-     "labels must lie"),
+     "labels must be class indices"),
     (lambda: gan.ConditionalGenerator(2, 3, 4).sample(torch.tensor([0.0])), TypeError,
      "int64"),
     (lambda: gan.ConditionalGenerator(2, 3, 4)(torch.zeros(2, 2)), ValueError,

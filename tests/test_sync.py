@@ -233,7 +233,7 @@ def test_range_checks_in_forward_passes_read_nothing(name, build):
     (lambda: diffusion.flow_interpolate(X4, X4, torch.full((6,), math.nan)),
      r"s must have shape \(6,\) and lie in \[0, 1\]"),
     (lambda: ConditionalVAE(VAEConfig(x_dim=4, latent_dim=2, hidden=4), num_classes=3)(
-        X4, Y3 - 1), r"y must lie in \[0, 3\), got values in \[-1, 1\]"),
+        X4, Y3 - 1), r"y must be class indices in \[0, 3\), got values in \[-1, 1\]"),
 ])
 def test_the_checks_that_read_nothing_still_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):

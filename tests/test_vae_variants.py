@@ -174,14 +174,14 @@ def test_conditional_importance_sampled_nll_converges_to_log_p_x_given_y():
 
 
 @pytest.mark.parametrize("call, error, words", [
-    (lambda m: m.encode(binary(2, 6), torch.tensor([0, 3])), ValueError, "y must lie in [0, 3)"),
+    (lambda m: m.encode(binary(2, 6), torch.tensor([0, 3])), ValueError, "y must be class indices in [0, 3)"),
     (lambda m: m.encode(binary(2, 6), torch.tensor([0.0, 1.0])), TypeError,
-     "y must hold integer class labels"),
+     "y must hold integer class indices"),
     (lambda m: m.encode(binary(2, 6), torch.tensor([0, 1, 2])), ValueError,
      "y must be a tensor of integer labels of shape (2,)"),
     (lambda m: m.decode(torch.zeros(2, 2), None), ValueError, "y must be a tensor"),
     (lambda m: m.sample(torch.tensor([[0, 1]])), ValueError, "labels must have 1 dimensions"),
-    (lambda m: m.sample(torch.tensor([5])), ValueError, "y must lie in [0, 3)"),
+    (lambda m: m.sample(torch.tensor([5])), ValueError, "y must be class indices in [0, 3)"),
     (lambda m: ConditionalVAE(num_classes=0), ValueError, "num_classes must be > 0"),
     (lambda m: metrics.importance_sampled_nll(m, binary(2, 6)), ValueError,
      "y (the labels of x) is required"),

@@ -168,9 +168,7 @@ def with_labels(images: torch.Tensor, labels: torch.Tensor, n_classes: int) -> t
     if len(labels) != len(images):
         raise ValueError(f"labels must have one entry per image, got {len(labels)} labels for "
                          f"{len(images)} images")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes}), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    checks.class_indices("labels", labels, n_classes)
     return torch.cat([images, _one_hot(labels.long(), n_classes, images)], dim=1)
 
 
@@ -228,8 +226,7 @@ class ConditionalGenerator(nn.Module):
         if labels.dtype != torch.int64 or len(labels) == 0:
             raise TypeError(f"labels must be a non-empty int64 tensor, got dtype {labels.dtype} "
                             f"and {len(labels)} entries")
-        if int(labels.min()) < 0 or int(labels.max()) >= self.n_classes:
-            raise ValueError(f"labels must lie in [0, {self.n_classes})")
+        checks.class_indices("labels", labels, self.n_classes)
         device = next(self.parameters()).device
         noise = torch.randn(len(labels), self.noise_dim, generator=generator).to(device)
         return self.generate(noise, labels.to(device))

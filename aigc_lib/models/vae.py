@@ -125,12 +125,7 @@ class VAE(nn.Module):
 
 def _one_hot(name: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Integer class labels → one-hot floats; names ``name`` when a label is out of range."""
-    checks.tensor(name, labels, finite=False)
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
-    checks.require(((labels >= 0) & (labels < num_classes)).all(), lambda: ValueError(
-        f"{name} must lie in [0, {num_classes}), got values in "
-        f"[{int(labels.min())}, {int(labels.max())}]"))
+    checks.class_indices(name, labels, num_classes, on_device=True)   # every step: no wait
     return nn.functional.one_hot(labels, num_classes).float()
 
 
