@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc_lib import checkpoint, checks, encoders, optim, runtime
+from aigc_lib.models import lora
 from aigc_lib.training import History, fit, seeded_order
 
 
@@ -221,11 +222,7 @@ def add_lora(model: SentenceClassifier, *, r: int = 8, alpha: float = 16.0,
 
     if not isinstance(model, SentenceClassifier):
         raise TypeError(f"model must be a SentenceClassifier, got {type(model).__name__}")
-    checks.positive_number("r", r, integer=True)
-    checks.positive_number("alpha", alpha)
-    checks.positive_number("dropout", dropout, allow_zero=True)
-    if dropout >= 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    lora.check_hyperparameters(r, alpha, dropout)
     if (isinstance(targets, str) or not isinstance(targets, Sequence) or not targets
             or not all(isinstance(t, str) and t for t in targets)):
         raise TypeError(f"targets must be a non-empty sequence of module names, got "

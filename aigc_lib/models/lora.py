@@ -44,6 +44,16 @@ def _is_conv1d(layer: nn.Module) -> bool:
             and tuple(layer.weight.shape) == (layer.nx, layer.nf))
 
 
+def check_hyperparameters(r: object, alpha: object, dropout: object) -> None:
+    """Refuse a rank ``r`` that is not a positive int, a non-positive ``alpha`` and a
+    ``dropout`` outside [0, 1), naming the argument (every way of adding LoRA checks these)."""
+    checks.positive_number("r", r, integer=True)
+    checks.positive_number("alpha", alpha)
+    checks.positive_number("dropout", dropout, allow_zero=True)
+    if dropout >= 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
 class LoRALinear(nn.Module):
     r"""A frozen linear layer plus a trainable low-rank update:
     :math:`h = \text{base}(x) + \frac{\alpha}{r}\,B\,A\,\text{dropout}(x)`.
@@ -70,11 +80,7 @@ class LoRALinear(nn.Module):
         else:
             raise TypeError(f"base must be an nn.Linear or a transformers Conv1D, "
                             f"got {type(base).__name__}")
-        checks.positive_number("r", r, integer=True)
-        checks.positive_number("alpha", alpha)
-        checks.positive_number("dropout", dropout, allow_zero=True)
-        if dropout >= 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_hyperparameters(r, alpha, dropout)
         self.base, self.r, self.alpha = base, r, alpha
         self.scaling = alpha / math.sqrt(r) if rank_stabilised else alpha / r
         for p in base.parameters():
@@ -148,11 +154,7 @@ def _check_lora_arguments(model: object, r: object, alpha: object, dropout: obje
                           targets: object) -> tuple[str, ...]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    checks.positive_number("r", r, integer=True)
-    checks.positive_number("alpha", alpha)
-    checks.positive_number("dropout", dropout, allow_zero=True)
-    if dropout >= 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    check_hyperparameters(r, alpha, dropout)
     if isinstance(targets, str):
         targets = (targets,)
     if not isinstance(targets, Iterable):
