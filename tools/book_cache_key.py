@@ -25,11 +25,34 @@ HTML = ROOT / "_build" / "html"
 HTML_STAMP = ROOT / "_build" / ".html.key"
 
 
-def current_key() -> str:
+def _digest(paths: list[Path]) -> "hashlib._Hash":
+    """SHA-256 of the names (relative to the repository) and contents of the files ``paths``."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "aigc_lib").rglob("*.py")) + [ROOT / "pyproject.toml"]:
-        digest.update(path.relative_to(ROOT).as_posix().encode())
-        digest.update(path.read_bytes())
+    for path in paths:
+        if path.is_file():
+            digest.update(path.relative_to(ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest
+
+
+def _refresh(stamp: Path, key: str, folders: tuple[Path, ...], message: str) -> bool:
+    """Remove ``folders`` unless ``key`` matches the one recorded in ``stamp``; record ``key``.
+    Returns True when something was removed."""
+    if stamp.exists() and stamp.read_text() == key:
+        return False
+    wiped = any(folder.exists() for folder in folders)
+    if wiped:
+        print(message)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    return wiped
+
+
+def current_key() -> str:
+    """The key of the execution cache: aigc_lib's sources, the installed packages, the profile."""
+    digest = _digest(sorted((ROOT / "aigc_lib").rglob("*.py")) + [ROOT / "pyproject.toml"])
     frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
                             capture_output=True, text=True, check=True).stdout
     digest.update(frozen.encode())
@@ -41,38 +64,20 @@ def current_key() -> str:
 def refresh(key: str) -> bool:
     """Wipe the execution cache and Sphinx's environment unless ``key`` matches the stamp;
     record ``key``. Returns True when something was wiped."""
-    if STAMP.exists() and STAMP.read_text() == key:
-        return False
-    wiped = CACHE.exists() or DOCTREES.exists()
-    if wiped:
-        print("book cache: aigc_lib, dependencies or profile changed; re-executing every chapter")
-        shutil.rmtree(CACHE, ignore_errors=True)
-        shutil.rmtree(DOCTREES, ignore_errors=True)
-    STAMP.parent.mkdir(parents=True, exist_ok=True)
-    STAMP.write_text(key)
-    return wiped
+    return _refresh(STAMP, key, (CACHE, DOCTREES), "book cache: aigc_lib, dependencies or "
+                    "profile changed; re-executing every chapter")
 
 
 def html_key() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "book" / "_static").rglob("*")) + [ROOT / "_config.yml"]:
-        if path.is_file():
-            digest.update(path.relative_to(ROOT).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    """The key of the built pages: the static files and `_config.yml`."""
+    return _digest(sorted((ROOT / "book" / "_static").rglob("*")) +
+                   [ROOT / "_config.yml"]).hexdigest()
 
 
 def refresh_html(key: str) -> bool:
     """Remove the built HTML unless ``key`` matches its stamp; record ``key``."""
-    if HTML_STAMP.exists() and HTML_STAMP.read_text() == key:
-        return False
-    wiped = HTML.exists()
-    if wiped:
-        print("book cache: static files or _config.yml changed; the pages will be written anew")
-        shutil.rmtree(HTML, ignore_errors=True)
-    HTML_STAMP.parent.mkdir(parents=True, exist_ok=True)
-    HTML_STAMP.write_text(key)
-    return wiped
+    return _refresh(HTML_STAMP, key, (HTML,), "book cache: static files or _config.yml "
+                    "changed; the pages will be written anew")
 
 
 if __name__ == "__main__":
