@@ -115,7 +115,9 @@ def saved_activation_bytes(model: torch.nn.Module, step: Callable[[], torch.Tens
     return sum(saved.values())
 
 
-def _tensor_bytes(tensors) -> int:
+def storage_bytes(tensors) -> int:
+    """Bytes of the storages under ``tensors``, each counted once (views and tied weights
+    share one); entries that are not tensors are skipped."""
     seen = {}
     for t in tensors:
         if isinstance(t, torch.Tensor):
@@ -140,6 +142,6 @@ def measure_training(model: torch.nn.Module, step: Callable[[], torch.Tensor],
     params = list(model.parameters())
     state = [v for s in optimizer.state.values() for k, v in s.items()
              if k != "step"]                     # Adam's step counters are bookkeeping
-    return Memory(weights=_tensor_bytes(params),
-                  gradients=_tensor_bytes(p.grad for p in params if p.grad is not None),
-                  optimizer=_tensor_bytes(state), activations=activations)
+    return Memory(weights=storage_bytes(params),
+                  gradients=storage_bytes(p.grad for p in params if p.grad is not None),
+                  optimizer=storage_bytes(state), activations=activations)

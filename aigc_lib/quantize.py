@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from aigc_lib import checkpoint, checks
+from aigc_lib import checkpoint, checks, memory
 
 SCHEMES = ("fp32", "bf16", "int8 weights", "int8 dynamic")
 _QUANT_MAX = 127.5          # (127 - (-128)) / 2: the symmetric int8 range's half width
@@ -132,12 +132,8 @@ def memory_bytes(model: torch.nn.Module) -> int:
     weights share one), quantised weights counted as their integers plus their scales."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    seen: dict[tuple[str, int], int] = {}
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        for plain in _plain_tensors(tensor):
-            storage = plain.untyped_storage()
-            seen[(str(plain.device), storage.data_ptr())] = storage.nbytes()
-    return sum(seen.values())
+    return memory.storage_bytes(plain for tensor in [*model.parameters(), *model.buffers()]
+                                for plain in _plain_tensors(tensor))
 
 
 def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
