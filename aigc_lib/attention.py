@@ -29,11 +29,11 @@ def softmax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
     entirely :math:`-\infty` is an error, since it has no distribution (chapter 6).
     """
     checks.tensor("z", z, floating=True, finite=False)
-    if torch.isnan(z).any() or torch.isposinf(z).any():
-        raise ValueError("z must not contain NaN or +inf (use -inf to mask a position)")
+    checks.require(~(torch.isnan(z) | torch.isposinf(z)).any(), lambda: ValueError(
+        "z must not contain NaN or +inf (use -inf to mask a position)"))
     m = z.amax(dim=dim, keepdim=True)
-    if torch.isneginf(m).any():
-        raise ValueError("z has a row that is -inf everywhere: nothing to normalise")
+    checks.require(~torch.isneginf(m).any(), lambda: ValueError(
+        "z has a row that is -inf everywhere: nothing to normalise"))
     e = torch.exp(z - m)
     return e / e.sum(dim=dim, keepdim=True)
 
@@ -75,9 +75,8 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     ``torch.nn.functional.scaled_dot_product_attention`` does. Returns the ``(..., T_q, d_v)``
     output, and the weights too when ``return_weights``.
     """
-    checks.tensor("q", q, floating=True)
-    checks.tensor("k", k, floating=True)
-    checks.tensor("v", v, floating=True)
+    for name, t in (("q", q), ("k", k), ("v", v)):   # no host read: forward passes call this
+        checks.finite_on_device(name, checks.tensor(name, t, floating=True, finite=False))
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
         raise ValueError(f"q, k and v must have at least 2 dimensions (..., T, d), got shapes "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")

@@ -77,6 +77,14 @@ def require(ok: torch.Tensor, error: Callable[[], Exception]) -> None:
         raise error() from None
 
 
+def finite_on_device(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Return ``value`` if it holds no NaN and no ±inf, else raise naming ``name``; checked with
+    :func:`require`, so a forward pass can call it without reading on the host."""
+    require(torch.isfinite(value).all(), lambda: ValueError(
+        f"{name} contains NaN or infinite values"))
+    return value
+
+
 def token_ids(name: str, value: object, vocab_size: int) -> torch.Tensor:
     """Return ``value`` if it is a 2-D int64 tensor of ids in ``[0, vocab_size)``, else raise
     naming ``name`` and the ids outside (an embedding lookup would fail deep in torch). The

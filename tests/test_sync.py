@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aigc_lib import losses
+from aigc_lib import attention, losses
 from aigc_lib.gan_training import discriminator_loss, fit_gan
 from aigc_lib.models import diffusion, gpt, lora
 from aigc_lib.models.gan import Discriminator, Generator
@@ -181,9 +181,10 @@ def test_entry_points_still_check_values():
 
 # --- the models that train on a GPU in the gpu profile: language models and diffusion --------
 
-def tiny_gpt(lora_rank=0):
+def tiny_gpt(lora_rank=0, attention="sdpa"):
     torch.manual_seed(0)
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8,
+                                  attention=attention))
     if lora_rank:
         lora.add_lora(model, r=lora_rank)
     return model
@@ -207,8 +208,12 @@ TARGETS[0, :2] = -100
     ("GPT.forward", lambda: partial(tiny_gpt(), IDS)),
     ("gpt.lm_loss", lambda: partial(gpt.lm_loss, tiny_gpt(), IDS)),
     ("gpt.lm_loss with LoRA", lambda: partial(gpt.lm_loss, tiny_gpt(lora_rank=2), IDS)),
+    ("gpt.lm_loss, written-out attention", lambda: partial(gpt.lm_loss,
+                                                          tiny_gpt(attention="math"), IDS)),
     ("Llama.forward", lambda: partial(Llama(LlamaConfig(
         vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)), IDS)),
+    ("Llama.forward, written-out attention", lambda: partial(Llama(LlamaConfig(
+        vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, attention="math")), IDS)),
     ("losses.cross_entropy", lambda: partial(losses.cross_entropy, torch.randn(3, 7, 11),
                                              TARGETS)),
     ("DiffusionModel.loss", lambda: partial(tiny_diffusion().loss, X4, Y3)),
@@ -227,6 +232,10 @@ def test_range_checks_in_forward_passes_read_nothing(name, build):
 
 @pytest.mark.parametrize("call, message", [
     (lambda: tiny_gpt()(IDS + 1), r"token ids in \[0, 11\).*\[11\]"),
+    (lambda: attention.softmax(torch.tensor([[0.0, math.nan]])), "z must not contain NaN"),
+    (lambda: attention.softmax(torch.full((2, 3), -math.inf)), "-inf everywhere"),
+    (lambda: attention.scaled_dot_product_attention(NAN[None], NAN[None], NAN[None]),
+     "q contains NaN"),
     (lambda: losses.cross_entropy(torch.randn(3, 7, 11), TARGETS + 11),
      r"targets must be in \[0, 11\)"),
     (lambda: tiny_diffusion().loss(X4, Y3 + 3), r"labels must lie in \[0, 3\]"),
