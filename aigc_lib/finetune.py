@@ -259,7 +259,8 @@ def tokenize_chat(tokenizer, messages: Sequence[dict],
         if message["role"] != "assistant":
             continue
         start = len(_render(tokenizer, messages[:k], add_generation_prompt=True)) if k else 0
-        upto = _render(tokenizer, messages[:k + 1], add_generation_prompt=False)
+        upto = (ids if k == len(messages) - 1      # the last turn: the whole, rendered above
+                else _render(tokenizer, messages[:k + 1], add_generation_prompt=False))
         if ids[:len(upto)] != upto or start >= len(upto):
             raise ValueError(f"the chat template renders turn {k} inconsistently: the "
                              f"conversation up to it is not a prefix of the whole")
