@@ -110,20 +110,3 @@ def test_quiet_transformers_can_hide_only_the_bars():
         assert hf_logging.get_verbosity() == before
         assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.is_progress_bar_enabled() == bars
-
-
-def test_minilm_embeddings_are_computed_once_and_equal_embed(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGC_CACHE", str(tmp_path))
-    texts = ["my printer is offline", "how do I reset my password?", "thanks!"]
-    first = encoders.minilm_embeddings(texts)
-    files = list((tmp_path / "embeddings").glob("minilm-*.safetensors"))
-    assert len(files) == 1 and first.shape == (3, 384)
-    tokenizer, encoder = encoders.load_tokenizer(), encoders.load_encoder()
-    direct = encoders.embed(encoder, tokenizer, texts, normalize=True)
-    assert torch.allclose(first, direct, atol=1e-6)
-    calls = []
-    monkeypatch.setattr(encoders, "embed", lambda *a, **k: calls.append(1))
-    again = encoders.minilm_embeddings(texts)          # read back, not recomputed
-    assert calls == [] and torch.equal(again, first)
-    with pytest.raises(TypeError, match="normalize must be a bool"):
-        encoders.minilm_embeddings(texts, normalize="yes")
