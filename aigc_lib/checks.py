@@ -153,6 +153,14 @@ def positive_number(name: str, value: object, *, integer: bool = False,
     return value
 
 
+def confidence(value: object) -> float:
+    """Return ``value`` if it is a confidence level in (0, 1) (an interval's coverage)."""
+    positive_number("confidence", value)
+    if not value < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {value}")
+    return value
+
+
 def apply_reduction(values: torch.Tensor, how: str) -> torch.Tensor:
     """Reduce per-element losses: mean over all elements, sum, or none."""
     if how == "mean":

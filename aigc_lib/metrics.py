@@ -587,9 +587,7 @@ def bootstrap_ci(statistic, *arrays, n_resamples: int = 1000, confidence: float 
     if not callable(statistic):
         raise TypeError(f"statistic must be callable, got {type(statistic).__name__}")
     checks.positive_number("n_resamples", n_resamples, integer=True)
-    checks.positive_number("confidence", confidence)
-    if not confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    checks.confidence(confidence)
     checks.positive_number("seed", seed, integer=True, allow_zero=True)
     arrays = _bootstrap_inputs(arrays)
     n = len(arrays[0])

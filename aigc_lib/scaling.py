@@ -470,9 +470,7 @@ def bootstrap(n_params, tokens, losses, n_resamples: int = 400, seed: int = 0,
 
 def percentile_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     """The central ``confidence`` interval of ``values`` (``inf`` counts as larger than all)."""
-    checks.positive_number("confidence", confidence)
-    if not confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    checks.confidence(confidence)
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or len(v) == 0 or np.any(np.isnan(v)):
         raise ValueError("values must be a non-empty 1-D sequence without NaN")

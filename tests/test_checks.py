@@ -42,3 +42,10 @@ def test_require_raises_the_given_error_on_the_cpu_and_reads_nothing_when_true()
     assert events == []
     with pytest.raises(ValueError, match="x must be positive, got -1"):
         checks.require(torch.tensor(-1) > 0, lambda: ValueError("x must be positive, got -1"))
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, float("nan")])
+def test_confidence_must_lie_strictly_between_0_and_1(bad):
+    with pytest.raises(ValueError, match="confidence must be"):
+        checks.confidence(bad)
+    assert checks.confidence(0.95) == 0.95
