@@ -116,6 +116,22 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return (out, weights) if return_weights else out
 
 
+PATHS = ("sdpa", "math")     # the two ways GPT and Llama compute their attention
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, path: str, *,
+           mask: torch.Tensor | None = None, is_causal: bool = False,
+           dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention by one of two :data:`PATHS` that compute the same thing: ``"sdpa"`` calls
+    PyTorch's fused ``F.scaled_dot_product_attention`` (FlashAttention on recent GPUs),
+    ``"math"`` the written-out :func:`scaled_dot_product_attention` of chapter 6."""
+    if path == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                              is_causal=is_causal)
+    return scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                        dropout_p=dropout_p)
+
+
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     r"""``(B, T, d)`` to ``(B, h, T, d/h)``: head :math:`i` gets features
     :math:`i\,d/h \ldots (i+1)\,d/h - 1`."""

@@ -148,3 +148,14 @@ def test_layer_norm_equals_torch_and_uses_the_biased_variance():
 def test_bad_input_is_rejected(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"is_causal": True},
+                                    {"mask": torch.rand(2, 1, 5, 5) > 0.3}])
+def test_attend_gives_the_same_attention_on_both_paths(kwargs):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    if "mask" in kwargs:
+        kwargs = {"mask": kwargs["mask"] | torch.eye(5, dtype=torch.bool)}  # no empty row
+    fused, written = (attention.attend(q, k, v, path, **kwargs) for path in attention.PATHS)
+    torch.testing.assert_close(fused, written, atol=1e-5, rtol=1e-5)

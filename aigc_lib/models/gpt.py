@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from aigc_lib import attention, checks, losses, runtime
 
-ATTENTION_PATHS = ("sdpa", "math")
+ATTENTION_PATHS = attention.PATHS
 # GPT-2 keeps these as Conv1D weights of shape (in, out); nn.Linear stores (out, in).
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -86,12 +86,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)
         causal = mask is None and k.shape[2] == T
         p = self.dropout if self.training else 0.0
-        if self.path == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                               is_causal=causal)
-        else:
-            y = attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                                       dropout_p=p)
+        y = attention.attend(q, k, v, self.path, mask=mask, is_causal=causal, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)   # concatenate the heads
         return self.resid_dropout(self.c_proj(y))
 

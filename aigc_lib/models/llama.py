@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from aigc_lib import attention, checks
 
-ATTENTION_PATHS = ("sdpa", "math")
+ATTENTION_PATHS = attention.PATHS
 
 
 @dataclass
@@ -152,10 +152,7 @@ class Attention(nn.Module):
         group = self.n_head // self.n_kv_head       # query heads per key/value head
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         p = self.dropout if self.training else 0.0
-        if self.path == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
-            y = attention.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        y = attention.attend(q, k, v, self.path, is_causal=True, dropout_p=p)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
