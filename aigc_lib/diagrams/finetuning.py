@@ -35,16 +35,25 @@ def _messages(ax, messages: Sequence[dict], top: float) -> None:
         x += width + 0.1
 
 
-def _tiles(ax, pieces: list[str], learned: list[bool], top: float) -> float:
-    """All real tokens as tiles, wrapped; green when the labels keep them. Returns the bottom."""
-    x, y = 0.0, top - 0.22
-    for piece, learn in zip(pieces, learned):
+def _tile_positions(pieces: list[str]) -> list[tuple[float, int, float]]:
+    """``(x, row, width)`` of each token's tile, the tiles wrapping at the diagram's width."""
+    x, row, positions = 0.0, 0, []
+    for piece in pieces:
         width = (len(piece) + 0.8) * CHAR
         if x + width > WIDTH:
-            x, y = 0.0, y - 0.27
+            x, row = 0.0, row + 1
+        positions.append((x, row, width))
+        x += width
+    return positions
+
+
+def _tiles(ax, pieces: list[str], learned: list[bool], top: float) -> float:
+    """All real tokens as tiles, wrapped; green when the labels keep them. Returns the bottom."""
+    y = top - 0.22
+    for piece, learn, (x, row, width) in zip(pieces, learned, _tile_positions(pieces)):
+        y = top - 0.22 - 0.27 * row
         box(ax, x, y, width - 0.03, 0.22, piece, kind="learned" if learn else "frozen",
             fontsize=7, mono=True, rounded=False)
-        x += width
     return y
 
 
@@ -93,11 +102,7 @@ def chat_labels(tokenizer, messages: Sequence[dict], encoded: finetune.Encoded,
     if not any(learned):
         raise ValueError(f"row {row} has no learned token to show")
     pieces = [_piece(tokenizer, i) for i in ids[:n_real]]
-    rows_of_tiles, x = 1, 0.0
-    for piece in pieces:
-        width = (len(piece) + 0.8) * CHAR
-        rows_of_tiles, x = (rows_of_tiles + 1, width) if x + width > WIDTH else (
-            rows_of_tiles, x + width)
+    rows_of_tiles = _tile_positions(pieces)[-1][1] + 1
     # title 0.2, messages 0.95, tiles 0.37 + 0.27 per extra row, close-ups 1.65, note 0.35
     height = 0.2 + 0.95 + 0.37 + 0.27 * (rows_of_tiles - 1) + 1.65 + 0.35
     fig, ax = canvas(WIDTH, height)
