@@ -68,13 +68,21 @@ def require(ok: torch.Tensor, error: Callable[[], Exception]) -> None:
     """Raise ``error()`` unless the one-element boolean tensor ``ok`` is true, without reading
     ``ok`` on the host: ``torch._assert_async`` checks it where it lies. On the CPU that is at
     once, and its RuntimeError becomes ``error()`` (which may read values for its message: it
-    runs only on failure). On a GPU the check is one more kernel, and a failure surfaces as a
-    device-side assertion at the next synchronisation, instead of every call waiting for the
-    device (chapter 2: the checks inside ``forward`` passes and per-step losses use this)."""
-    try:
+    runs only on failure). On a CUDA GPU the check is one more kernel, and a failure surfaces
+    as a device-side assertion at the next synchronisation, instead of every call waiting for
+    the device (chapter 2: the checks inside ``forward`` passes and per-step losses use this).
+    Other devices read ``ok`` on the host."""
+    kind = ok.device.type
+    if kind == "cuda":
         torch._assert_async(ok)
-    except RuntimeError:
-        raise error() from None
+    elif kind != "cpu":
+        if not bool(ok):
+            raise error()
+    else:
+        try:
+            torch._assert_async(ok)
+        except RuntimeError:
+            raise error() from None
 
 
 def finite_on_device(name: str, value: torch.Tensor) -> torch.Tensor:

@@ -49,3 +49,20 @@ def test_confidence_must_lie_strictly_between_0_and_1(bad):
     with pytest.raises(ValueError, match="confidence must be"):
         checks.confidence(bad)
     assert checks.confidence(0.95) == 0.95
+
+
+def test_require_reads_on_the_host_on_devices_without_an_asynchronous_assert():
+    from types import SimpleNamespace
+
+    class OnOtherDevice:            # what require sees of a tensor on, say, an Apple GPU
+        device = SimpleNamespace(type="mps")
+
+        def __init__(self, value):
+            self.value = value
+
+        def __bool__(self):
+            return self.value
+
+    checks.require(OnOtherDevice(True), lambda: ValueError("never"))
+    with pytest.raises(ValueError, match="read on the host"):
+        checks.require(OnOtherDevice(False), lambda: ValueError("read on the host"))
