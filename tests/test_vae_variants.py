@@ -480,3 +480,17 @@ def test_mutual_information_matches_a_mixture_reference_and_is_below_the_rate():
 def test_mutual_information_bad_input(args, error, words):
     with pytest.raises(error, match=re.escape(words)):
         metrics.latent_mutual_information(*args)
+
+
+def test_conditional_forward_is_encode_then_decode():
+    """forward encodes the labels once; it must compute what encode and decode compute."""
+    torch.manual_seed(0)
+    model = ConditionalVAE(VAEConfig(x_dim=6, latent_dim=2, hidden=8), num_classes=3)
+    x, y = binary(4, 6), torch.tensor([0, 2, 1, 2])
+    torch.manual_seed(1)
+    logits, mu, logvar = model(x, y)
+    torch.manual_seed(1)
+    mu2, logvar2 = model.encode(x, y)
+    logits2 = model.decode(reparameterize(mu2, logvar2), y)
+    for a, b in ((logits, logits2), (mu, mu2), (logvar, logvar2)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -162,8 +162,7 @@ class ConditionalVAE(VAE):
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Mean and log-variance of :math:`q(z\mid x, y)`."""
         self._check_x(x)
-        mu, logvar = self.encoder(torch.cat([x, self._labels(y, x.shape[:1])], -1)).chunk(2, -1)
-        return mu, logvar
+        return self._encode(x, self._labels(y, x.shape[:1]))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Logits of :math:`p(x\mid z, y)`; ``y`` has shape ``z.shape[:-1]``."""
@@ -173,10 +172,17 @@ class ConditionalVAE(VAE):
                              f"got {tuple(z.shape)}")
         return self.decoder(torch.cat([z, self._labels(y, z.shape[:-1])], -1))
 
+    def _encode(self, x: torch.Tensor, one_hot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(torch.cat([x, one_hot], -1)).chunk(2, -1)
+        return mu, logvar
+
     def forward(self, x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x, y)
-        return self.decode(reparameterize(mu, logvar), y), mu, logvar
+        self._check_x(x)
+        one_hot = self._labels(y, x.shape[:1])       # checked and encoded once per step
+        mu, logvar = self._encode(x, one_hot)
+        z = reparameterize(mu, logvar)
+        return self.decoder(torch.cat([z, one_hot], -1)), mu, logvar
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor,
