@@ -268,3 +268,14 @@ def test_diffusion_training_reads_only_every_sync_interval(flow):
             batch_size=8, optimizer=torch.optim.Adam(model.parameters(), 1e-3),
             eval_every=10, progress=False, sync_interval=5)
     assert steps_with_reads(events) == [5, 10]
+
+
+@pytest.mark.parametrize("path", ["sdpa", "math"])
+def test_gpt_forward_compiles_as_one_graph(path):
+    """A host read in a forward pass also splits the graph that ``torch.compile`` builds
+    (the ``gpu`` profile compiles the GPT): the checks that read nothing leave it whole."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(tiny_gpt(attention=path))(IDS)
+    assert explained.graph_break_count == 0, explained.break_reasons
