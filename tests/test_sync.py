@@ -270,12 +270,19 @@ def test_diffusion_training_reads_only_every_sync_interval(flow):
     assert steps_with_reads(events) == [5, 10]
 
 
-@pytest.mark.parametrize("path", ["sdpa", "math"])
-def test_gpt_forward_compiles_as_one_graph(path):
+@pytest.mark.parametrize("name, build", [
+    ("GPT", lambda: (tiny_gpt(), (IDS,))),
+    ("GPT, written-out attention", lambda: (tiny_gpt(attention="math"), (IDS,))),
+    ("Llama", lambda: (Llama(LlamaConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2,
+                                         n_embd=8)), (IDS,))),
+    ("DiffusionModel.loss", lambda: (tiny_diffusion().loss, (X4, Y3))),
+])
+def test_forward_passes_compile_as_one_graph(name, build):
     """A host read in a forward pass also splits the graph that ``torch.compile`` builds
     (the ``gpu`` profile compiles the GPT): the checks that read nothing leave it whole."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(tiny_gpt(attention=path))(IDS)
-    assert explained.graph_break_count == 0, explained.break_reasons
+    function, args = build()
+    explained = torch._dynamo.explain(function)(*args)
+    assert explained.graph_break_count == 0, f"{name}: {explained.break_reasons}"
