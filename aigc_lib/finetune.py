@@ -346,7 +346,7 @@ def encode_replies(tokenizer, conversations: Iterable[Sequence[dict]], max_lengt
 
 def _trim(input_ids, attention_mask, labels):
     # rows are right-padded; reading the width is one host read per batch (on a GPU a wait),
-    # worth it for chat batches whose padding often exceeds their tokens
+    # kept because a batch's rows are often much shorter than the data set's longest row
     width = int(attention_mask.sum(1).max())
     return input_ids[:, :width], attention_mask[:, :width], labels[:, :width]
 
