@@ -346,7 +346,7 @@ def encode_replies(tokenizer, conversations: Iterable[Sequence[dict]], max_lengt
 
 def _trim(input_ids, attention_mask, labels):
     # rows are right-padded; reading the width is one host read per batch (on a GPU a wait),
-    # kept because a batch's rows are often much shorter than the data set's longest row
+    # kept: every column it cuts is padding in every row, compute saved in every layer
     width = int(attention_mask.sum(1).max())
     return input_ids[:, :width], attention_mask[:, :width], labels[:, :width]
 
