@@ -188,6 +188,9 @@ def processes() -> Processes:
     return Processes(dist.get_rank(), dist.get_world_size())
 
 
+CUT_AT_ONCE = 1024    # batches cut from an epoch's order at a time: one split, bounded memory
+
+
 class Stream:
     """The batch of every step: ``per_step`` consecutive batches of ``batch_size`` examples cut
     from each epoch's order, this process's share of each, moved to the device."""
@@ -210,17 +213,21 @@ class Stream:
         self.move = examples.tensors is None or any(t.device != dev for t in examples.tensors)
         # an order indexes the tensors where they are: no copy of indices per step
         self.home = examples.tensors[0].device if examples.tensors else torch.device("cpu")
-        self.epoch, self.batches = -1, []
+        self.epoch, self.block, self.batches = -1, -1, []
 
     def rows(self, number: int) -> torch.Tensor:
         """The indices of batch ``number`` (counted from the start of training) that this
-        process reads."""
+        process reads. The epoch's order is cut into batches ``CUT_AT_ONCE`` at a time."""
         epoch, position = divmod(number, self.per_epoch)
-        if epoch != self.epoch:                        # cut the epoch's order into batches
-            self.epoch = epoch
-            order = self._checked(self.order(epoch), epoch).to(self.home)
-            self.batches = [self._share(b) for b in order.split(self.batch_size)]
-        return self.batches[position]
+        if epoch != self.epoch:
+            self.epoch, self.block = epoch, -1
+            self.current = self._checked(self.order(epoch), epoch).to(self.home)
+        block, within = divmod(position, CUT_AT_ONCE)
+        if block != self.block:
+            self.block, size = block, self.batch_size
+            stretch = self.current[block * CUT_AT_ONCE * size:(block + 1) * CUT_AT_ONCE * size]
+            self.batches = [self._share(b) for b in stretch.split(size)]
+        return self.batches[within]
 
     def _share(self, rows: torch.Tensor) -> torch.Tensor:
         """This process's part of a batch's ``rows``."""

@@ -212,3 +212,25 @@ def test_custom_order_hook_and_seeded_order():
     expected = [torch.randperm(10, generator=g) for _ in range(3)]
     assert torch.equal(draws(2), expected[2]) and torch.equal(draws(0), expected[0])
     assert torch.equal(draws(1), expected[1])          # replayed from the seed
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_batches_cut_a_stretch_at_a_time_are_the_orders_consecutive_slices(monkeypatch,
+                                                                           drop_last):
+    """Stream cuts an epoch's order into batches CUT_AT_ONCE at a time; across the cuts and the
+    epochs, the batches must be the order's consecutive slices."""
+    from aigc_lib import training
+
+    monkeypatch.setattr(training, "CUT_AT_ONCE", 3)
+    n, size = 43, 4                                      # 11 batches, the last one short
+    order = training.shuffled(n, seed=5)
+    stream = training.Stream(training.Examples(torch.arange(n), "train"), size, drop_last,
+                             order, torch.device("cpu"), training.Processes())
+    per_epoch = n // size if drop_last else -(-n // size)
+    assert stream.per_epoch == per_epoch
+    steps = list(range(3 * per_epoch))
+    jumps = torch.randperm(len(steps), generator=torch.Generator().manual_seed(0)).tolist()
+    for step in steps + jumps:                           # in order, then as after resuming
+        epoch, position = divmod(step, per_epoch)
+        expected = order(epoch)[position * size:(position + 1) * size]
+        assert torch.equal(stream.for_step(step)[0], expected), step
