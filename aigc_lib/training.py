@@ -213,7 +213,8 @@ class Stream:
         self.move = examples.tensors is None or any(t.device != dev for t in examples.tensors)
         # an order indexes the tensors where they are: no copy of indices per step
         self.home = examples.tensors[0].device if examples.tensors else torch.device("cpu")
-        self.epoch, self.block, self.batches = -1, -1, []
+        self.epoch, self.current = -1, torch.empty(0, dtype=torch.long)   # epoch's order
+        self.block, self.batches = -1, []              # the stretch of it cut into batches
 
     def rows(self, number: int) -> torch.Tensor:
         """The indices of batch ``number`` (counted from the start of training) that this

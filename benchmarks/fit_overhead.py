@@ -130,12 +130,18 @@ def pairs(args: argparse.Namespace) -> list[tuple[float, float]]:
     return out
 
 
+RUN_SETTINGS = ("epochs", "batch_size", "hidden", "threads")   # what a child process needs
+
+
+def options(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """The command-line options that pass ``args``' settings ``names`` on to a child process."""
+    return [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in names]
+
+
 def in_fresh_processes(args: argparse.Namespace) -> list[list[tuple[float, float]]]:
     """The pairs of ``args.processes`` fresh Python processes, run one after the other (each
     process lays out its memory differently, which moves its median by a few per cent)."""
-    command = [sys.executable, __file__, "--worker", *(f"--{k.replace('_', '-')}={v}"
-               for k, v in vars(args).items()
-               if k not in ("processes", "worker", "instructions", "count"))]
+    command = [sys.executable, __file__, "--worker", *options(args, RUN_SETTINGS + ("repeats",))]
     groups = []
     for i in range(args.processes):
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -174,13 +180,11 @@ def count_instructions(args: argparse.Namespace) -> dict[str, int]:
     side (a count does not depend on what else the machine does)."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (Debian: apt install valgrind)")
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-               if k in ("epochs", "batch_size", "hidden", "threads")]
     with tempfile.TemporaryDirectory() as tmp:
         jobs = {loop: subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--collect-atstart=no",
              "--toggle-collect=functools_reduce", f"--callgrind-out-file={tmp}/{loop}.out",
-             sys.executable, __file__, f"--count={loop}", *options],
+             sys.executable, __file__, f"--count={loop}", *options(args, RUN_SETTINGS)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONHASHSEED": "0"}) for loop in ("hand", "fit")}
         logs = {loop: job.communicate()[1] for loop, job in jobs.items()}
