@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc_lib import checkpoint as ckpt
-from aigc_lib import data, losses, metrics, optim, training
+from aigc_lib import data, losses, metrics, optim
 from aigc_lib.gradcheck import check_gradients
 from aigc_lib.models.gan import Discriminator, Generator
 from aigc_lib.training import GANHistory, fit_gan

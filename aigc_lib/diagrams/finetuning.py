@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from aigc_lib import finetune
-from aigc_lib.diagrams.core import ACCENT, EDGE, MUTED, PALETTE, arrow, box, canvas, note
+from aigc_lib.diagrams.core import ACCENT, EDGE, MUTED, arrow, box, canvas, note
 from aigc_lib.models.lora import LoRALinear
 
 WIDTH = 7.6          # inches: the book's content column, so the text is not scaled down
